@@ -1,0 +1,283 @@
+"""Agent: TrainState + replay + counters + RNG, driven from outside.
+
+The caller owns the environment (an Elixir process, a gymnasium env, anything) and drives
+the agent with `act` / `observe` / `optimize`, or with the fused `step` that does all three
+for every env slot in one call. Every method takes one observation or a batch (first axis
+= env slot) and checks its input before touching any state, so a refused call changes
+nothing.
+
+Randomness: network init uses `jax.random.PRNGKey(seed)`; exploration and replay sampling
+use one numpy PCG64 generator seeded with `seed`, whose state goes into checkpoints, so a
+resumed run continues bit for bit.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+import jax
+import numpy as np
+
+from bridge import learner
+from bridge.config import DQNConfig
+from bridge.replay import ReplayBuffer
+
+
+def env_dims(env_id: str) -> tuple[int, int]:
+    """(obs_dim, n_actions) of a gymnasium env with a flat Box observation and Discrete actions."""
+    import gymnasium as gym
+
+    try:
+        env = gym.make(env_id)
+    except Exception as exc:  # gymnasium raises several error types for a bad id
+        raise ValueError(f"config env_id={env_id!r} is not a gymnasium env ({exc}); "
+                         "set obs_dim and n_actions to use an env of your own") from None
+    try:
+        obs_space, act_space = env.observation_space, env.action_space
+        if not isinstance(act_space, gym.spaces.Discrete) or not isinstance(obs_space, gym.spaces.Box) \
+                or len(obs_space.shape) != 1:
+            raise ValueError(f"env {env_id!r} has observation space {obs_space} and action space {act_space}; "
+                             "DQN here needs a flat Box observation and Discrete actions")
+        return int(obs_space.shape[0]), int(act_space.n)
+    finally:
+        env.close()
+
+
+class Agent:
+    """A DQN agent. See the module docstring for how it is driven."""
+
+    def __init__(self, config: DQNConfig | Mapping[Any, Any] | None = None):
+        if not isinstance(config, DQNConfig):
+            config = DQNConfig.from_mapping(config)
+        if config.obs_dim is None or config.n_actions is None:
+            obs_dim, n_actions = env_dims(config.env_id)
+            config = config.replace(obs_dim=config.obs_dim or obs_dim, n_actions=config.n_actions or n_actions)
+        self.config = config
+        self.obs_dim, self.n_actions = int(config.obs_dim), int(config.n_actions)
+        self.state = learner.init_state(config, self.obs_dim, self.n_actions)
+        self._train_step = learner.make_train_step(config, self.obs_dim)
+        self.replay = ReplayBuffer(config.buffer_size, self.obs_dim, config.gamma, config.n_step,
+                                   config.prioritized, config.per_alpha, config.per_eps)
+        self.rng = np.random.Generator(np.random.PCG64(config.seed))
+        self.env_steps = 0
+        self.episodes = 0
+        self.updates = 0
+        self.last_loss: jax.Array | None = None  # device values: read only when asked, never per step
+        self.last_q_mean: jax.Array | None = None
+        self.prev_obs: dict[int, np.ndarray] = {}  # fused `step`: last observation acted on, per slot
+        self.prev_action: dict[int, int] = {}
+
+    # --------------------------------------------------------------- schedule
+
+    @property
+    def epsilon(self) -> float:
+        return self.config.epsilon(self.env_steps)
+
+    @property
+    def per_beta(self) -> float:
+        c = self.config
+        return c.per_beta + (1.0 - c.per_beta) * min(1.0, self.env_steps / c.per_beta_steps)
+
+    # ------------------------------------------------------------- validation
+
+    def _obs(self, obs: Any, name: str = "obs") -> tuple[np.ndarray, bool]:
+        """(batch float32 array (n, obs_dim), whether a single observation was given)."""
+        try:
+            arr = np.asarray(obs, dtype=np.float32)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be a list of {self.obs_dim} numbers or a list of such lists, "
+                             f"got {_show(obs)}") from None
+        if arr.ndim == 1 and arr.shape[0] == self.obs_dim:
+            single = True
+            arr = arr[None, :]
+        elif arr.ndim == 2 and arr.shape[1] == self.obs_dim and arr.shape[0] > 0:
+            single = False
+        else:
+            raise ValueError(f"{name} has shape {list(arr.shape)}; expected [{self.obs_dim}] "
+                             f"or [n_envs, {self.obs_dim}]")
+        if not np.isfinite(arr).all():
+            row = int(np.argwhere(~np.isfinite(arr))[0][0])
+            raise ValueError(f"{name} contains a non-finite value (NaN or infinity) at env slot {row}: "
+                             f"{arr[row].tolist()}")
+        return arr, single
+
+    def _column(self, value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
+        """A per-slot column of length n (a scalar is accepted when n == 1)."""
+        try:
+            arr = np.asarray(value, dtype=dtype)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name} must be {'a number' if dtype != bool else 'true or false'} "
+                             f"per env slot, got {_show(value)}") from None
+        if arr.ndim == 0:
+            arr = arr[None]
+        if arr.shape != (n,):
+            raise ValueError(f"{name} has shape {list(arr.shape)}; expected one value per env slot ({n})")
+        if dtype == np.float64 and not np.isfinite(arr).all():
+            raise ValueError(f"{name} contains a non-finite value: {arr.tolist()}")
+        if dtype == np.int64 and ((arr < 0) | (arr >= self.n_actions)).any():
+            bad = arr[(arr < 0) | (arr >= self.n_actions)][0]
+            raise ValueError(f"{name} {int(bad)} is out of range; allowed actions are 0..{self.n_actions - 1}")
+        return arr
+
+    @staticmethod
+    def _flags(value: Any, n: int, name: str) -> np.ndarray:
+        arr = np.asarray(value)
+        if arr.ndim == 0:
+            arr = arr[None]
+        if arr.shape != (n,) or arr.dtype != np.bool_:
+            raise ValueError(f"{name} must be true/false per env slot ({n}), got {_show(value)}")
+        return arr
+
+    # ---------------------------------------------------------------- acting
+
+    def act(self, obs: Any, greedy: bool = False) -> int | np.ndarray:
+        """Epsilon-greedy actions (greedy when `greedy`).
+
+        Args:
+          obs: (obs_dim,) or (n_envs, obs_dim).
+          greedy: ignore epsilon (evaluation); consumes no randomness.
+        Returns:
+          an int for one observation, an int32 array (n_envs,) for a batch.
+        """
+        batch, single = self._obs(obs)
+        actions = self._act(batch, greedy)
+        return int(actions[0]) if single else actions
+
+    def _act(self, batch: np.ndarray, greedy: bool) -> np.ndarray:
+        n = len(batch)
+        if greedy:
+            return np.asarray(learner.greedy_actions(self.state.params, batch, self.config.dueling))
+        explore = self.rng.random(n) < self.epsilon
+        random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
+        if explore.all():  # no network call at all while exploring
+            return random_actions
+        best = np.asarray(learner.greedy_actions(self.state.params, batch, self.config.dueling))
+        return np.where(explore, random_actions, best)
+
+    # -------------------------------------------------------------- learning
+
+    def observe(self, obs: Any, action: Any, reward: Any, next_obs: Any, terminated: Any, truncated: Any) -> None:
+        """Store one transition, or a batch with one row per env slot."""
+        obs_b, single = self._obs(obs)
+        n = len(obs_b)
+        next_b, _ = self._obs(next_obs, "next_obs")
+        if len(next_b) != n:
+            raise ValueError(f"next_obs has {len(next_b)} rows but obs has {n}")
+        actions = self._column(action, n, "action", np.int64)
+        rewards = self._column(reward, n, "reward", np.float64)
+        term, trunc = self._flags(terminated, n, "terminated"), self._flags(truncated, n, "truncated")
+        del single
+        self._store(range(n), obs_b, actions, rewards, next_b, term, trunc)
+
+    def _store(self, slots, obs, actions, rewards, next_obs, term, trunc) -> None:
+        for i, slot in enumerate(slots):
+            self.replay.add(slot, obs[i], actions[i], rewards[i], next_obs[i], bool(term[i]), bool(trunc[i]))
+            self.env_steps += 1
+            self.episodes += bool(term[i] or trunc[i])
+
+    def optimize(self) -> dict[str, float | int] | None:
+        """`gradient_steps` updates now, or None while replay holds too little data.
+
+        Returns:
+          {"loss", "q_mean", "updates"} of the last update, as Python floats/ints.
+        Raises:
+          FloatingPointError: the loss diverged (names the update).
+        """
+        if not self._can_train():
+            return None
+        for _ in range(self.config.gradient_steps):
+            self._update()
+        return self.last_metrics()
+
+    def _can_train(self) -> bool:
+        return len(self.replay) >= self.config.batch_size and self.env_steps >= self.config.learning_starts
+
+    def _update(self) -> None:
+        packed, idx = self.replay.sample(self.config.batch_size, self.rng, self.per_beta)
+        self.state, self.last_loss, self.last_q_mean, abs_td = self._train_step(self.state, packed)
+        self.updates += 1
+        if self.replay.prioritized:
+            self.replay.update_priorities(idx, np.asarray(abs_td))
+
+    def last_metrics(self) -> dict[str, float | int] | None:
+        """Loss and mean Q of the last update (syncs with the device)."""
+        if self.last_loss is None:
+            return None
+        loss, q_mean = float(self.last_loss), float(self.last_q_mean)
+        if not (np.isfinite(loss) and np.isfinite(q_mean)):
+            raise FloatingPointError(f"training diverged at update {self.updates}: loss={loss}, q_mean={q_mean}; "
+                                     "lower lr or max_grad_norm")
+        return {"loss": loss, "q_mean": q_mean, "updates": self.updates}
+
+    def step(self, obs: Any, reward: Any = 0.0, terminated: Any = False, truncated: Any = False,
+             final_obs: Any = None) -> int | np.ndarray:
+        """Fused observe + train-when-due + act, for every env slot at once.
+
+        Args:
+          obs: the observation to act on now, (obs_dim,) or (n_envs, obs_dim). For a slot whose
+            episode just ended, the first observation of its next episode.
+          reward, terminated, truncated: the outcome of the previous action, per slot.
+          final_obs: for slots whose episode just ended, the last observation of that episode
+            (rows of other slots are ignored). Needed to bootstrap a truncated episode correctly;
+            when absent, `obs` stands in.
+        Returns:
+          the next action(s). A slot's first call only acts.
+        """
+        batch, single = self._obs(obs)
+        n = len(batch)
+        rewards = self._column(reward, n, "reward", np.float64)
+        term, trunc = self._flags(terminated, n, "terminated"), self._flags(truncated, n, "truncated")
+        final = self._obs(final_obs, "final_obs")[0] if final_obs is not None else batch
+        if len(final) != n:
+            raise ValueError(f"final_obs has {len(final)} rows but obs has {n}")
+        slots = [i for i in range(n) if i in self.prev_obs]
+        if slots:
+            done = term | trunc
+            next_obs = np.where(done[:, None], final, batch)
+            before = self.env_steps
+            self._store(slots, [self.prev_obs[i] for i in slots], [self.prev_action[i] for i in slots],
+                        rewards[slots], next_obs[slots], term[slots], trunc[slots])
+            rounds = self.env_steps // self.config.train_freq - before // self.config.train_freq
+            if rounds and self._can_train():
+                for _ in range(rounds * self.config.gradient_steps):
+                    self._update()
+        actions = self._act(batch, greedy=False)
+        for i in range(n):
+            self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
+        return int(actions[0]) if single else actions
+
+    # ------------------------------------------------------------------ misc
+
+    def info(self) -> dict[str, Any]:
+        """Counters and settings as plain Python values."""
+        metrics = self.last_metrics() or {}
+        return {
+            "env_steps": self.env_steps,
+            "updates": self.updates,
+            "episodes": self.episodes,
+            "epsilon": float(self.epsilon),
+            "replay_size": len(self.replay),
+            "obs_dim": self.obs_dim,
+            "n_actions": self.n_actions,
+            "loss": metrics.get("loss"),
+            "q_mean": metrics.get("q_mean"),
+            "config": self.config.to_dict(),
+        }
+
+    def save(self, path: str) -> None:
+        """Write a checkpoint atomically (see `bridge.checkpoint`)."""
+        from bridge import checkpoint
+
+        checkpoint.save(self, path)
+
+    @classmethod
+    def load(cls, path: str) -> "Agent":
+        """An agent restored from a checkpoint written by `save`."""
+        from bridge import checkpoint
+
+        return checkpoint.load(path)
+
+
+def _show(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

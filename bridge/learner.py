@@ -1,0 +1,121 @@
+"""The learning core: a TrainState pytree and the jitted `greedy_actions` / `train_step`.
+
+At CartPole scale the cost of a step is per-call overhead, not arithmetic, so a train step
+takes one packed float32 array (one host-to-device transfer) and does everything else —
+TD target, loss, gradient, optimizer, target-network update — inside one jitted call.
+
+Packed batch layout, one row per transition (see `bridge.replay`):
+  [obs (obs_dim) | action | n-step return | bootstrap discount | next_obs (obs_dim) | IS weight]
+where the bootstrap discount is gamma**k for a k-step transition and 0 when it terminated.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from bridge import network
+from bridge.config import DQNConfig
+
+
+class TrainState(NamedTuple):
+    """Everything the train step changes, as one pytree."""
+
+    params: network.Params  # online network
+    target_params: network.Params  # target network
+    opt_state: optax.OptState
+    updates: jax.Array  # int32 scalar: gradient steps taken so far
+
+
+def packed_width(obs_dim: int) -> int:
+    """Columns of a packed transition row."""
+    return 2 * obs_dim + 4
+
+
+def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
+    """Gradient clipping (when max_grad_norm > 0) followed by the configured optimizer."""
+    opt = {
+        "adam": lambda: optax.adam(config.lr),
+        "rmsprop": lambda: optax.rmsprop(config.lr, decay=0.95, eps=1e-5),
+        "adamw": lambda: optax.adamw(config.lr, weight_decay=1e-4),
+    }[config.optimizer]()
+    if config.max_grad_norm > 0:
+        return optax.chain(optax.clip_by_global_norm(config.max_grad_norm), opt)
+    return opt
+
+
+def init_state(config: DQNConfig, obs_dim: int, n_actions: int) -> TrainState:
+    """A fresh TrainState; the target network starts as a copy of the online one."""
+    params = network.init(jax.random.PRNGKey(config.seed), obs_dim, config.hidden_sizes, n_actions, config.dueling)
+    target = jax.tree.map(jnp.copy, params)  # a distinct buffer: the train step donates both
+    return TrainState(params, target, make_optimizer(config).init(params), jnp.zeros((), jnp.int32))
+
+
+def td_target(q_next_online: jax.Array, q_next_target: jax.Array, returns: jax.Array,
+              discounts: jax.Array, double_dqn: bool) -> jax.Array:
+    """n-step TD target: R + discount * Q_target(s', a*).
+
+    Args:
+      q_next_online: (batch, n_actions) online Q at s' (chooses a* under double DQN).
+      q_next_target: (batch, n_actions) target Q at s'.
+      returns: (batch,) discounted n-step rewards.
+      discounts: (batch,) gamma**k, or 0 where the episode terminated.
+      double_dqn: choose a* with the online net (True) or the target net (False).
+    Returns:
+      (batch,) targets, with no gradient flowing through them.
+    """
+    if double_dqn:
+        best = jnp.argmax(q_next_online, axis=1)
+        bootstrap = jnp.take_along_axis(q_next_target, best[:, None], axis=1)[:, 0]
+    else:
+        bootstrap = q_next_target.max(axis=1)
+    return jax.lax.stop_gradient(returns + discounts * bootstrap)
+
+
+def make_train_step(config: DQNConfig, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
+    """Build the jitted `train_step(state, packed) -> (state, loss, q_mean, abs_td)`."""
+    optimizer = make_optimizer(config)
+    dueling, double_dqn = config.dueling, config.double_dqn
+    d = obs_dim
+
+    def loss_fn(params, target_params, packed):
+        obs, actions = packed[:, :d], packed[:, d].astype(jnp.int32)
+        returns, discounts = packed[:, d + 1], packed[:, d + 2]
+        next_obs, weights = packed[:, d + 3:2 * d + 3], packed[:, 2 * d + 3]
+        both = network.apply(params, jnp.concatenate([obs, next_obs]), dueling)  # (2 * batch, n_actions)
+        q, q_next_online = jnp.split(both, 2)
+        q_next_target = network.apply(target_params, next_obs, dueling)
+        q_taken = jnp.take_along_axis(q, actions[:, None], axis=1)[:, 0]  # (batch,)
+        td = q_taken - td_target(q_next_online, q_next_target, returns, discounts, double_dqn)
+        if config.loss == "huber":
+            per_sample = optax.huber_loss(td, delta=1.0)
+        else:
+            per_sample = 0.5 * td ** 2
+        return jnp.mean(weights * per_sample), (jnp.mean(q_taken), jnp.abs(td))
+
+    @partial(jax.jit, donate_argnums=0)
+    def train_step(state: TrainState, packed: jax.Array):
+        """One gradient step on a packed batch; updates the target net when due."""
+        (loss, (q_mean, abs_td)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
+            state.params, state.target_params, packed)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        n = state.updates + 1
+        if config.target_update == "hard":
+            copy = n % config.target_update_interval == 0
+            target = jax.tree.map(lambda o, t: jnp.where(copy, o, t), params, state.target_params)
+        else:
+            target = optax.incremental_update(params, state.target_params, config.tau)
+        return TrainState(params, target, opt_state, n), loss, q_mean, abs_td
+
+    return train_step
+
+
+@partial(jax.jit, static_argnums=2)
+def greedy_actions(params: network.Params, obs: jax.Array, dueling: bool) -> jax.Array:
+    """argmax_a Q(obs, a) for a (batch, obs_dim) batch -> (batch,) int32."""
+    return jnp.argmax(network.apply(params, obs, dueling), axis=1).astype(jnp.int32)

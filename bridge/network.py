@@ -1,0 +1,54 @@
+"""A pure-JAX MLP Q-network with an optional dueling head: `init` and `apply`, nothing else.
+
+Params are a plain pytree: a list of (weight, bias) pairs, the last pair being the head.
+With `dueling`, the head has n_actions + 1 outputs: the advantages, then the state value.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+
+Params = list[tuple[jax.Array, jax.Array]]
+
+
+def init(key: jax.Array, obs_dim: int, hidden_sizes: Sequence[int], n_actions: int, dueling: bool) -> Params:
+    """LeCun-uniform weights and zero biases for obs_dim -> hidden... -> head.
+
+    Args:
+      key: a JAX PRNG key.
+      obs_dim, hidden_sizes, n_actions, dueling: the shape of the network.
+    Returns:
+      the params pytree.
+    """
+    sizes = [obs_dim, *hidden_sizes, n_actions + (1 if dueling else 0)]
+    keys = jax.random.split(key, len(sizes) - 1)
+    params = []
+    for k, fan_in, fan_out in zip(keys, sizes[:-1], sizes[1:]):
+        limit = jnp.sqrt(3.0 / fan_in)
+        w = jax.random.uniform(k, (fan_in, fan_out), jnp.float32, -limit, limit)
+        params.append((w, jnp.zeros((fan_out,), jnp.float32)))
+    return params
+
+
+def apply(params: Params, obs: jax.Array, dueling: bool) -> jax.Array:
+    """Q-values for a batch of observations.
+
+    Args:
+      params: from `init`.
+      obs: (batch, obs_dim) float32.
+      dueling: whether the head is a dueling head (must match `init`).
+    Returns:
+      (batch, n_actions) Q-values.
+    """
+    x = obs
+    for w, b in params[:-1]:
+        x = jax.nn.relu(x @ w + b)
+    w, b = params[-1]
+    out = x @ w + b  # (batch, n_actions [+ 1])
+    if not dueling:
+        return out
+    advantage, value = out[:, :-1], out[:, -1:]
+    return value + advantage - advantage.mean(axis=1, keepdims=True)
