@@ -102,14 +102,18 @@ class Agent:
         return arr, single
 
     def _column(self, value: Any, n: int, name: str, dtype: Any) -> np.ndarray:
-        """A per-slot column of length n (a scalar is accepted when n == 1)."""
+        """A per-slot column of length n (a scalar applies to every slot)."""
         try:
-            arr = np.asarray(value, dtype=dtype)
+            arr = np.asarray(value, dtype=np.float64)
+            if dtype == np.int64:
+                if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                    raise ValueError
+                arr = arr.astype(np.int64)
         except (TypeError, ValueError):
-            raise ValueError(f"{name} must be {'a number' if dtype != bool else 'true or false'} "
-                             f"per env slot, got {_show(value)}") from None
+            kind = "an integer action" if dtype == np.int64 else "a number"
+            raise ValueError(f"{name} must be {kind} per env slot, got {_show(value)}") from None
         if arr.ndim == 0:
-            arr = arr[None]
+            arr = np.full(n, arr)
         if arr.shape != (n,):
             raise ValueError(f"{name} has shape {list(arr.shape)}; expected one value per env slot ({n})")
         if dtype == np.float64 and not np.isfinite(arr).all():
@@ -123,7 +127,7 @@ class Agent:
     def _flags(value: Any, n: int, name: str) -> np.ndarray:
         arr = np.asarray(value)
         if arr.ndim == 0:
-            arr = arr[None]
+            arr = np.full(n, arr)
         if arr.shape != (n,) or arr.dtype != np.bool_:
             raise ValueError(f"{name} must be true/false per env slot ({n}), got {_show(value)}")
         return arr

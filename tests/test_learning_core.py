@@ -1,0 +1,297 @@
+"""Config validation, epsilon schedules, the double-DQN target, agent input checks, checkpoints."""
+
+import math
+import os
+
+import gymnasium as gym
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from bridge import checkpoint
+from bridge.agent import Agent
+from bridge.config import DQNConfig, preset
+from bridge.learner import td_target
+
+SMALL = {"hidden_sizes": [16, 16], "batch_size": 16, "buffer_size": 300, "learning_starts": 40,
+         "target_update_interval": 25, "eps_decay_steps": 200}
+
+
+# ------------------------------------------------------------------ config
+
+def test_config_accepts_str_bytes_and_atom_like_keys_and_keyword_lists():
+    class Atom(bytes):  # what ErlPort's Python side hands over for an atom
+        pass
+
+    c = DQNConfig.from_mapping({b"lr": 3e-4, Atom(b"gamma"): 0.9, "loss": b"mse", "hidden_sizes": [32]})
+    assert (c.lr, c.gamma, c.loss, c.hidden_sizes) == (3e-4, 0.9, "mse", (32,))
+    assert DQNConfig.from_mapping([(Atom(b"n_step"), 5)]).n_step == 5
+    assert DQNConfig.from_mapping({"dueling": Atom(b"true")}).dueling is True
+    assert DQNConfig.from_mapping({"obs_dim": Atom(b"nil")}).obs_dim is None
+
+
+@pytest.mark.parametrize("mapping, fragment", [
+    ({"learning_rate": 1e-3}, "unknown config key 'learning_rate'; allowed keys: env_id, seed"),
+    ({"lr": "fast"}, "config lr must be a finite number, got 'fast'"),
+    ({"lr": float("nan")}, "config lr must be a finite number"),
+    ({"batch_size": 12.5}, "config batch_size must be an integer"),
+    ({"dueling": 1}, "config dueling must be true or false"),
+    ({"loss": "l1"}, "config loss='l1' is not allowed; use one of: huber, mse"),
+    ({"optimizer": "sgd"}, "use one of: adam, rmsprop, adamw"),
+    ({"gamma": 1.5}, "config gamma=1.5 must be within [0, 1]"),
+    ({"batch_size": 0}, "config batch_size=0 must be > 0"),
+    ({"hidden_sizes": [64, -1]}, "hidden_sizes=[64, -1] must be a non-empty list of positive ints"),
+    ({"batch_size": 512, "buffer_size": 100}, "batch_size=512 must not exceed buffer_size=100"),
+    ("lr=1", "config must be a map or a keyword list"),
+])
+def test_bad_configs_are_refused_naming_the_key(mapping, fragment):
+    with pytest.raises(ValueError) as err:
+        DQNConfig.from_mapping(mapping)
+    assert fragment in str(err.value)
+
+
+def test_presets_exist_for_cartpole_and_are_valid():
+    assert preset("CartPole-v1") == DQNConfig()
+    assert preset("Acrobot-v1").hidden_sizes == (128, 128)
+
+
+# ----------------------------------------------------------------- epsilon
+
+def test_linear_epsilon_schedule():
+    c = DQNConfig.from_mapping({"eps_start": 1.0, "eps_end": 0.1, "eps_decay_steps": 100})
+    assert [c.epsilon(s) for s in (0, 50, 100, 10_000)] == pytest.approx([1.0, 0.55, 0.1, 0.1])
+
+
+def test_exponential_epsilon_schedule_is_the_forum_formula():
+    c = DQNConfig.from_mapping({"eps_schedule": "exponential", "eps_start": 0.9, "eps_end": 0.05, "eps_decay": 1000})
+    for step in (0, 1, 500, 1000, 5000):
+        assert c.epsilon(step) == pytest.approx(0.05 + (0.9 - 0.05) * math.exp(-step / 1000))
+
+
+def test_agent_epsilon_follows_env_steps():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "eps_start": 1.0, "eps_end": 0.0, "eps_decay_steps": 10}))
+    o = np.zeros(4, np.float32)
+    for _ in range(5):
+        agent.observe(o, 0, 1.0, o, False, False)
+    assert agent.epsilon == pytest.approx(0.5)
+    assert agent.info()["epsilon"] == pytest.approx(0.5)
+
+
+# ---------------------------------------------------------------- TD target
+
+def test_double_dqn_target_matches_a_hand_computed_value():
+    q_next_online = jnp.array([[1.0, 5.0], [4.0, 2.0]])  # online picks a*=1 for row 0, a*=0 for row 1
+    q_next_target = jnp.array([[10.0, 3.0], [7.0, 20.0]])
+    returns = jnp.array([1.0, 2.0])
+    discounts = jnp.array([0.9 ** 3, 0.0])  # row 1 terminated
+    double = td_target(q_next_online, q_next_target, returns, discounts, double_dqn=True)
+    assert np.asarray(double) == pytest.approx([1.0 + 0.729 * 3.0, 2.0])
+    vanilla = td_target(q_next_online, q_next_target, returns, discounts, double_dqn=False)
+    assert np.asarray(vanilla) == pytest.approx([1.0 + 0.729 * 10.0, 2.0])
+
+
+def test_train_step_lowers_the_loss_on_a_fixed_batch():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "learning_starts": 0, "n_step": 1, "lr": 1e-2}))
+    rng = np.random.default_rng(0)
+    for _ in range(64):
+        o = rng.normal(size=4).astype(np.float32)
+        agent.observe(o, int(rng.integers(2)), 1.0, o, True, False)
+    first = agent.optimize()["loss"]
+    for _ in range(200):
+        last = agent.optimize()
+    assert last["updates"] == 201
+    assert last["loss"] < first / 10
+
+
+def test_hard_target_copies_every_interval():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "learning_starts": 0, "target_update_interval": 3}))
+    o = np.ones(4, np.float32)
+    for _ in range(20):
+        agent.observe(o, 0, 1.0, o, False, False)
+    same = lambda: all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(agent.state.params),
+                                                            jax.tree.leaves(agent.state.target_params)))
+    agent.optimize()
+    assert not same()
+    agent.optimize()
+    agent.optimize()
+    assert same()
+
+
+def test_soft_target_moves_by_tau():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "learning_starts": 0, "target_update": "soft", "tau": 0.5}))
+    o = np.ones(4, np.float32)
+    for _ in range(20):
+        agent.observe(o, 0, 1.0, o, False, False)
+    before = [np.asarray(x) for x in jax.tree.leaves(agent.state.target_params)]
+    agent.optimize()
+    online = [np.asarray(x) for x in jax.tree.leaves(agent.state.params)]
+    after = [np.asarray(x) for x in jax.tree.leaves(agent.state.target_params)]
+    for b, o_, a in zip(before, online, after):
+        np.testing.assert_allclose(a, 0.5 * b + 0.5 * o_, rtol=1e-6, atol=1e-7)
+
+
+def test_dueling_network_trains():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "learning_starts": 0, "dueling": True, "prioritized": True}))
+    o = np.ones(4, np.float32)
+    for _ in range(20):
+        agent.observe(o, 1, 1.0, o, False, False)
+    assert np.isfinite(agent.optimize()["loss"])
+    assert agent.act(o, greedy=True) in (0, 1)
+
+
+# ------------------------------------------------------------ agent inputs
+
+def test_agent_reads_dims_from_the_env_id():
+    agent = Agent(DQNConfig.from_mapping({**SMALL, "env_id": "Acrobot-v1"}))
+    assert (agent.obs_dim, agent.n_actions) == (6, 3)
+    with pytest.raises(ValueError, match="env_id='NoSuchEnv-v0' is not a gymnasium env"):
+        Agent({"env_id": "NoSuchEnv-v0"})
+
+
+def test_act_accepts_one_observation_or_a_batch():
+    agent = Agent(SMALL)
+    assert isinstance(agent.act([0.0, 0.1, 0.0, -0.1]), int)
+    batch = agent.act(np.zeros((5, 4)), greedy=True)
+    assert batch.shape == (5,) and set(batch.tolist()) <= {0, 1}
+
+
+@pytest.mark.parametrize("call, fragment", [
+    (lambda a: a.act([0.0, 1.0]), "obs has shape [2]; expected [4] or [n_envs, 4]"),
+    (lambda a: a.act([0.0, float("nan"), 0.0, 0.0]), "non-finite value"),
+    (lambda a: a.act("abc"), "obs must be a list of 4 numbers"),
+    (lambda a: a.observe([0.0] * 4, 2, 1.0, [0.0] * 4, False, False), "action 2 is out of range; allowed actions are 0..1"),
+    (lambda a: a.observe([0.0] * 4, 1, float("inf"), [0.0] * 4, False, False), "reward contains a non-finite value"),
+    (lambda a: a.observe([0.0] * 4, 1, 1.0, [0.0] * 3, False, False), "next_obs has shape [3]"),
+    (lambda a: a.observe([0.0] * 4, 1, 1.0, [0.0] * 4, "no", False), "terminated must be true/false"),
+    (lambda a: a.step([[0.0] * 4] * 2, [1.0], [False] * 2, [False] * 2), "reward has shape [1]; expected one value"),
+])
+def test_refused_input_names_the_problem_and_changes_nothing(call, fragment):
+    agent = Agent(SMALL)
+    agent.step([0.0] * 4)
+    before = (agent.env_steps, len(agent.replay), agent.rng.bit_generator.state, dict(agent.prev_action))
+    with pytest.raises(ValueError) as err:
+        call(agent)
+    assert fragment in str(err.value)
+    assert (agent.env_steps, len(agent.replay), agent.rng.bit_generator.state, dict(agent.prev_action)) == before
+
+
+def test_fused_step_stores_one_transition_per_slot_and_uses_final_obs():
+    agent = Agent({**SMALL, "n_step": 1})
+    first = np.array([[0.1] * 4, [0.2] * 4], np.float32)
+    a0 = agent.step(first)
+    assert agent.env_steps == 0 and len(a0) == 2
+    reset_obs = np.array([[0.3] * 4, [0.9] * 4], np.float32)
+    final = np.array([[0.0] * 4, [0.5] * 4], np.float32)
+    agent.step(reset_obs, [1.0, 2.0], [False, True], [False, False], final_obs=final)
+    assert agent.env_steps == 2 and agent.episodes == 1
+    d = agent.replay.data
+    assert d[0, :4].tolist() == pytest.approx([0.1] * 4) and d[0, 4] == a0[0]
+    assert d[0, 7:11].tolist() == pytest.approx([0.3] * 4)  # slot 0 went on: next obs is the new obs
+    assert d[1, 7:11].tolist() == pytest.approx([0.5] * 4)  # slot 1 ended: next obs is its final obs
+    assert d[1, 6] == 0.0  # terminated: no bootstrap
+
+
+# -------------------------------------------------------------- checkpoints
+
+def _drive(agent, env, obs, steps):
+    action = agent.step(obs)
+    for _ in range(steps):
+        obs, r, term, trunc, _ = env.step(action)
+        final = None
+        if term or trunc:
+            final, (obs, _) = obs, env.reset()
+        action = agent.step(obs, r, term, trunc, final_obs=final)
+    return obs
+
+
+def _leaves(agent):
+    return [np.asarray(x) for x in jax.tree.leaves((agent.state.params, agent.state.target_params,
+                                                     agent.state.opt_state))]
+
+
+@pytest.mark.parametrize("prioritized", [False, True])
+def test_resume_from_checkpoint_is_bit_identical_to_a_straight_run(tmp_path, prioritized):
+    config = DQNConfig.from_mapping({**SMALL, "seed": 7, "prioritized": prioritized})
+
+    def run(split):
+        env = gym.make("CartPole-v1")
+        obs, _ = env.reset(seed=3)
+        agent = Agent(config)
+        obs = _drive(agent, env, obs, split)
+        if split < 400:
+            path = tmp_path / f"mid-{prioritized}.ckpt"
+            agent.save(path)
+            del agent
+            agent = Agent.load(path)
+            # the fused step remembers the last action; continue from it exactly
+            action = agent.prev_action[0]
+            for _ in range(400 - split):
+                obs, r, term, trunc, _ = env.step(action)
+                final = None
+                if term or trunc:
+                    final, (obs, _) = obs, env.reset()
+                action = agent.step(obs, r, term, trunc, final_obs=final)
+        return agent
+
+    straight = run(400)
+    resumed = run(170)
+    assert straight.updates == resumed.updates > 100
+    for a, b in zip(_leaves(straight), _leaves(resumed)):
+        assert a.tobytes() == b.tobytes()
+    assert np.array_equal(straight.replay.data, resumed.replay.data)
+    assert straight.rng.bit_generator.state == resumed.rng.bit_generator.state
+
+
+def test_truncated_foreign_and_corrupt_checkpoints_are_refused(tmp_path):
+    agent = Agent(SMALL)
+    good = tmp_path / "good.ckpt"
+    agent.save(good)
+    raw = good.read_bytes()
+
+    truncated = tmp_path / "truncated.ckpt"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="is not a dqn_bridge checkpoint"):
+        Agent.load(truncated)
+
+    foreign = tmp_path / "foreign.ckpt"
+    foreign.write_bytes(b"PK\x03\x04 this is a zip, not a checkpoint")
+    with pytest.raises(ValueError, match="is not a dqn_bridge checkpoint"):
+        Agent.load(foreign)
+
+    flipped = bytearray(raw)
+    flipped[len(raw) // 2] ^= 0xFF
+    corrupt = tmp_path / "corrupt.ckpt"
+    corrupt.write_bytes(bytes(flipped))
+    with pytest.raises(ValueError, match="corrupt|not a dqn_bridge checkpoint"):
+        Agent.load(corrupt)
+
+    with pytest.raises(ValueError, match="cannot read checkpoint"):
+        Agent.load(tmp_path / "missing.ckpt")
+    assert Agent.load(good).env_steps == 0  # the good file still loads
+
+
+def test_a_failed_save_leaves_the_previous_checkpoint_loadable(tmp_path, monkeypatch):
+    agent = Agent(SMALL)
+    path = tmp_path / "agent.ckpt"
+    agent.save(path)
+    agent.observe([0.0] * 4, 1, 1.0, [0.0] * 4, False, False)
+
+    def crash(*_args):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", crash)
+    with pytest.raises(OSError):
+        agent.save(path)
+    monkeypatch.undo()
+    assert Agent.load(path).env_steps == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["agent.ckpt"]  # no temp file left behind
+
+
+def test_checkpoint_version_is_checked(tmp_path):
+    import msgpack
+
+    path = tmp_path / "future.ckpt"
+    path.write_bytes(msgpack.packb({"format": checkpoint.FORMAT, "version": 99, "crc32": 0, "body": b""}))
+    with pytest.raises(ValueError, match="format version 99; this dqn_bridge reads version 1"):
+        Agent.load(path)
