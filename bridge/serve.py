@@ -1,0 +1,70 @@
+"""`python -m bridge serve`: answer `bridge.api` calls from a BEAM port.
+
+By default frames arrive on fd 3 and replies go to fd 4, as a port opened with
+`:nouse_stdio` arranges, so nothing printed on stdout/stderr (by us, JAX or XLA) can ever
+corrupt a frame. With --use-stdio frames use stdin/stdout instead; the real stdout is then
+moved to a private descriptor and fd 1 points at stderr, which keeps the same guarantee.
+
+Exit status: 0 when the input ends (the BEAM closed the port), 2 when the input breaks
+inside a frame or the descriptors are missing, 3 when the parent process dies.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
+
+MODULE = "bridge.api"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--use-stdio", action="store_true",
+                        help="read frames on stdin and write them on stdout instead of fds 3/4 "
+                             "(for a port opened without :nouse_stdio)")
+    parser.add_argument("--max-frame-bytes", type=int, default=DEFAULT_MAX_FRAME_BYTES,
+                        metavar="N",
+                        help="longest accepted frame; a longer one gets an error reply "
+                             f"(default {DEFAULT_MAX_FRAME_BYTES} = 64 MiB)")
+    parser.add_argument("--no-parent-watch", action="store_true",
+                        help="keep running when the parent process dies (by default the "
+                             "server exits within a second, even mid-computation)")
+
+
+def _descriptors(use_stdio: bool) -> tuple[int, int]:
+    if use_stdio:
+        sys.stdout.flush()
+        out_fd = os.dup(1)
+        os.dup2(2, 1)  # print() and native writes to fd 1 now land on stderr
+        return 0, out_fd
+    for fd in (3, 4):
+        try:
+            os.fstat(fd)
+        except OSError:
+            raise ValueError(f"fd {fd} is not open: run the server from a BEAM port opened "
+                             "with :nouse_stdio (frames on fds 3/4), or pass --use-stdio") from None
+    return 3, 4
+
+
+def functions() -> dict:
+    """The allowlist: exactly the names in `bridge.api.__all__`."""
+    import bridge.api
+
+    return {name: getattr(bridge.api, name) for name in bridge.api.__all__}
+
+
+def main(args: argparse.Namespace) -> int:
+    if args.max_frame_bytes < 1:
+        print(f"error: --max-frame-bytes must be positive, got {args.max_frame_bytes}",
+              file=sys.stderr)
+        return 2
+    try:
+        in_fd, out_fd = _descriptors(args.use_stdio)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not args.no_parent_watch:
+        watch_parent()
+    server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes)
+    return server.serve()
