@@ -235,6 +235,7 @@ class Agent:
         if len(final) != n:
             raise ValueError(f"final_obs has {len(final)} rows but obs has {n}")
         slots = [i for i in range(n) if i in self.prev_obs]
+        rounds = 0
         if slots:
             done = term | trunc
             next_obs = np.where(done[:, None], final, batch)
@@ -242,12 +243,15 @@ class Agent:
             self._store(slots, [self.prev_obs[i] for i in slots], [self.prev_action[i] for i in slots],
                         rewards[slots], next_obs[slots], term[slots], trunc[slots])
             rounds = self.env_steps // self.config.train_freq - before // self.config.train_freq
-            if rounds and self._can_train():
-                for _ in range(rounds * self.config.gradient_steps):
-                    self._update()
+        # Act before training: JAX dispatches the train step asynchronously, so it runs while
+        # the caller steps its envs; the next call's act waits for it. The action is chosen
+        # with params one training round older, which costs nothing measurable.
         actions = self._act(batch, greedy=False)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
+        if rounds and self._can_train():
+            for _ in range(rounds * self.config.gradient_steps):
+                self._update()
         return int(actions[0]) if single else actions
 
     # ------------------------------------------------------------------ misc
