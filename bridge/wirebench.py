@@ -27,7 +27,8 @@ import time
 
 from bridge.protocol import Atom, decode, encode, frame
 
-__all__ = ["add_arguments", "main", "PipeServer", "random_term", "mutate", "fuzz_cases"]
+__all__ = ["add_arguments", "main", "PipeServer", "random_term", "mutate", "fuzz_cases",
+           "open_fuzz_target", "run_fuzz"]
 
 _OBS = [0.01, -0.02, 0.03, 0.04]
 _ECHO_SOURCE = r"""
@@ -294,6 +295,10 @@ def fuzz_cases(seed: int):
         function = rng.choice(_FUNCTIONS)
         module = "bridge.api" if rng.random() < 0.9 else rng.choice(["os", "builtins", "bridge"])
         args = [random_term(rng) for _ in range(rng.randint(0, 4))]
+        if args and rng.random() < 0.4:  # reach past the handle check into the agent and env
+            args[0] = rng.choice([(b"agent", 1), (b"env", 2)])
+            if len(args) > 1 and rng.random() < 0.5:
+                args[1] = [rng.uniform(-1, 1) for _ in range(rng.choice([4, 4, 3]))]
         call = encode((Atom("C"), rng.randint(0, 2**40), Atom(module), Atom(function), args))
         if r < 0.4:
             yield call
@@ -331,10 +336,17 @@ def run_fuzz(server: PipeServer, cases: int, seed: int, time_limit: float | None
             "rss_growth": round(rss_end / (rss_start or rss_end) - 1, 4)}
 
 
-def bench_fuzz(cases: int, seed: int) -> dict:
+def open_fuzz_target() -> PipeServer:
+    """A server holding the handles fuzz_cases aims at: ("agent", 1) and ("env", 2)."""
     server = PipeServer.bridge()
-    server.call("new_agent", {"seed": 0})  # handles ("agent", 1) and ("env", 2) exist to hit
-    server.call("env_make", "CartPole-v1")
+    assert server.call("new_agent", {"seed": 0, "hidden_sizes": [16]}) == (b"agent", 1)
+    assert server.call("env_make", "CartPole-v1") == (b"env", 2)
+    server.call("env_reset", (b"env", 2), 0)
+    return server
+
+
+def bench_fuzz(cases: int, seed: int) -> dict:
+    server = open_fuzz_target()
     try:
         result = run_fuzz(server, cases, seed)
     finally:

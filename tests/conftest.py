@@ -194,3 +194,19 @@ def port():
     client = PortClient()
     yield client
     client.close()
+
+
+def assert_plain(value, where: str = "result") -> None:
+    """Exact built-in values only (what ErlPort can send without pickling), finite floats."""
+    kind = type(value)
+    assert kind in (int, float, bool, type(None), str, bytes, list, tuple, dict), \
+        f"{where} is a {kind.__qualname__}"
+    if kind is float:
+        assert value - value == 0.0, f"{where} is {value}"
+    elif kind in (list, tuple):
+        for i, item in enumerate(value):
+            assert_plain(item, f"{where}[{i}]")
+    elif kind is dict:
+        for key, item in value.items():
+            assert type(key) is str, f"{where} has key {key!r}"
+            assert_plain(item, f"{where}[{key!r}]")
