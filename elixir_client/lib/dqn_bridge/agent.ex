@@ -98,7 +98,7 @@ defmodule DQNBridge.Agent do
     * `:load` - restore the agent from this checkpoint instead (`:config` is then ignored)
     * `:python` - the Python side: an interpreter path, a keyword list of
       `DQNBridge.Python.start_link/1` options, or a running `DQNBridge.Python`
-      server to share (which the agent then neither owns nor stops)
+      server to share (the agent links to it, but does not stop it)
     * `:name` - register the agent under this name
 
   A config Python refuses gives `{:error, %DQNBridge.PythonError{}}`; as with
@@ -231,6 +231,7 @@ defmodule DQNBridge.Agent do
     end
   catch
     :exit, {:timeout, {GenServer, :call, _}} -> {:error, :timeout}
+    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} -> {:error, {:python_exited, status}}
   end
 
   defp nil_to_ok(nil), do: :ok
@@ -254,7 +255,11 @@ defmodule DQNBridge.Agent do
     end
   end
 
-  defp start_python(server) when is_pid(server), do: {:ok, server, false}
+  # A shared server is linked too: if it dies, so does the agent (its handle died with it).
+  defp start_python(server) when is_pid(server) do
+    Process.link(server)
+    {:ok, server, false}
+  end
 
   defp start_python(opts) do
     opts =

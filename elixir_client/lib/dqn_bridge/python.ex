@@ -49,18 +49,19 @@ defmodule DQNBridge.Python do
   """
   @spec start_link(keyword()) :: GenServer.on_start()
   def start_link(opts \\ []) do
-    opts =
-      Keyword.validate!(opts, [
-        :name,
-        executable: nil,
-        args: ["-m", "bridge", "serve"],
-        cwd: @project_root,
-        env: [],
-        module: :"bridge.api"
-      ])
-
-    {name, opts} = Keyword.pop(opts, :name)
+    {name, opts} = opts |> validate_start() |> Keyword.pop(:name)
     GenServer.start_link(__MODULE__, opts, if(name, do: [name: name], else: []))
+  end
+
+  defp validate_start(opts) do
+    Keyword.validate!(opts, [
+      :name,
+      executable: nil,
+      args: ["-m", "bridge", "serve"],
+      cwd: @project_root,
+      env: [],
+      module: :"bridge.api"
+    ])
   end
 
   @doc """
@@ -75,6 +76,7 @@ defmodule DQNBridge.Python do
     GenServer.call(server, {:call, function, args}, timeout)
   catch
     :exit, {:timeout, {GenServer, :call, _}} -> {:error, :timeout}
+    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} -> {:error, {:python_exited, status}}
   end
 
   @doc """
@@ -86,6 +88,13 @@ defmodule DQNBridge.Python do
   @spec forward(server(), GenServer.from(), atom(), list()) :: :ok
   def forward(server, from, function, args) when is_atom(function) and is_list(args) do
     GenServer.cast(server, {:call, from, function, args})
+  end
+
+  @doc "Like `start_link/1`, without a link to the caller."
+  @spec start(keyword()) :: GenServer.on_start()
+  def start(opts \\ []) do
+    {name, opts} = opts |> validate_start() |> Keyword.pop(:name)
+    GenServer.start(__MODULE__, opts, if(name, do: [name: name], else: []))
   end
 
   @doc "Stops the server; the Python process exits with it."
@@ -168,8 +177,9 @@ defmodule DQNBridge.Python do
     {:stop, {:shutdown, {:python_exited, status}}, %{state | port: nil, pending: %{}}}
   end
 
-  def handle_info({:EXIT, port, _reason}, %{port: port} = state), do: {:noreply, state}
-  def handle_info({:EXIT, _pid, reason}, state), do: {:stop, reason, state}
+  # The parent's exit is handled by GenServer itself (terminate/2 runs); other
+  # links, such as agents sharing this server, may come and go.
+  def handle_info({:EXIT, _port_or_pid, _reason}, state), do: {:noreply, state}
   def handle_info(_other, state), do: {:noreply, state}
 
   @impl true
