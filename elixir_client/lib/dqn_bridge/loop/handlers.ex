@@ -24,8 +24,8 @@ defmodule DQNBridge.Loop.Handlers do
   Greedy evaluation every `every` env steps: `episodes` episodes on fresh clones
   of the env, stepped together with batched greedy `select_action` calls.
 
-  Records `:eval_return` (the mean), `:eval_returns`, `:eval_step` and
-  `:best_eval_return` in `state.metrics`.
+  Records `:eval_return` (the mean), `:eval_returns`, `:eval_step`,
+  `:best_eval_return` and `:best_eval_step` in `state.metrics`.
 
   ## Options
     * `:every` - env steps between evaluations (default 1000)
@@ -44,15 +44,12 @@ defmodule DQNBridge.Loop.Handlers do
         env = opts[:env] || hd(state.env.envs)
         returns = Loop.evaluate(state.agent, env, episodes: opts[:episodes], seed: opts[:seed])
         mean = Enum.sum(returns) / length(returns)
-        best = max(mean, state.metrics[:best_eval_return] || mean)
+        best = state.metrics[:best_eval_return]
 
         metrics =
-          Map.merge(state.metrics, %{
-            eval_return: mean,
-            eval_returns: returns,
-            eval_step: state.step,
-            best_eval_return: best
-          })
+          state.metrics
+          |> Map.merge(%{eval_return: mean, eval_returns: returns, eval_step: state.step})
+          |> Map.merge(if best == nil or mean > best, do: %{best_eval_return: mean, best_eval_step: state.step}, else: %{})
 
         {:continue, %{state | metrics: metrics}}
       end,
