@@ -33,22 +33,22 @@ class DQNConfig:
     double_dqn: bool = True  # pick the bootstrap action with the online net, value it with the target net
     loss: str = "huber"  # TD loss: huber | mse
     optimizer: str = "adam"  # adam | rmsprop | adamw
-    lr: float = 1e-3  # learning rate
+    lr: float = 2.5e-3  # learning rate
     max_grad_norm: float = 10.0  # global gradient-norm clip; 0 disables clipping
     gamma: float = 0.99  # discount factor
     n_step: int = 3  # n-step returns (1 = plain one-step TD)
-    batch_size: int = 64  # transitions per gradient step
+    batch_size: int = 128  # transitions per gradient step
     buffer_size: int = 50_000  # replay capacity in transitions
-    learning_starts: int = 1_000  # env steps collected before the first gradient step
+    learning_starts: int = 500  # env steps collected before the first gradient step
     train_freq: int = 1  # env steps between training rounds
     gradient_steps: int = 1  # gradient steps per training round
     target_update: str = "hard"  # hard (copy every target_update_interval updates) | soft (Polyak, tau)
-    target_update_interval: int = 200  # gradient steps between hard target copies
+    target_update_interval: int = 100  # gradient steps between hard target copies
     tau: float = 0.005  # Polyak factor for soft target updates
     eps_schedule: str = "linear"  # linear | exponential: eps_end + (eps_start - eps_end) * exp(-step / eps_decay)
     eps_start: float = 1.0  # epsilon at step 0
     eps_end: float = 0.02  # final epsilon
-    eps_decay_steps: int = 5_000  # linear schedule: steps to go from eps_start to eps_end
+    eps_decay_steps: int = 3_000  # linear schedule: steps to go from eps_start to eps_end
     eps_decay: float = 1_500.0  # exponential schedule: time constant in env steps
     prioritized: bool = False  # prioritized experience replay (sum tree)
     per_alpha: float = 0.6  # PER: priority exponent
