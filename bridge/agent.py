@@ -62,6 +62,7 @@ class Agent:
         self.env_steps = 0
         self.episodes = 0
         self.updates = 0
+        self.vector_steps = 0  # fused `step` calls that stored transitions; drives train_freq
         self.last_loss: jax.Array | None = None  # device values: read only when asked, never per step
         self.last_q_mean: jax.Array | None = None
         self.prev_obs: dict[int, np.ndarray] = {}  # fused `step`: last observation acted on, per slot
@@ -235,22 +236,24 @@ class Agent:
         if len(final) != n:
             raise ValueError(f"final_obs has {len(final)} rows but obs has {n}")
         slots = [i for i in range(n) if i in self.prev_obs]
-        rounds = 0
+        train_now = False
         if slots:
             done = term | trunc
             next_obs = np.where(done[:, None], final, batch)
-            before = self.env_steps
             self._store(slots, [self.prev_obs[i] for i in slots], [self.prev_action[i] for i in slots],
                         rewards[slots], next_obs[slots], term[slots], trunc[slots])
-            rounds = self.env_steps // self.config.train_freq - before // self.config.train_freq
+            # train_freq counts vector steps (one per call, whatever the number of slots), as in
+            # Stable-Baselines3: N envs collect N transitions per training round.
+            self.vector_steps += 1
+            train_now = self.vector_steps % self.config.train_freq == 0
         # Act before training: JAX dispatches the train step asynchronously, so it runs while
         # the caller steps its envs; the next call's act waits for it. The action is chosen
         # with params one training round older, which costs nothing measurable.
         actions = self._act(batch, greedy=False)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
-        if rounds and self._can_train():
-            for _ in range(rounds * self.config.gradient_steps):
+        if train_now and self._can_train():
+            for _ in range(self.config.gradient_steps):
                 self._update()
         return int(actions[0]) if single else actions
 

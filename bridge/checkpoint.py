@@ -72,7 +72,8 @@ def save(agent: Any, path: str | os.PathLike) -> None:
         "params": _pack_tree(agent.state.params),
         "target_params": _pack_tree(agent.state.target_params),
         "opt_state": _pack_tree(agent.state.opt_state),
-        "counters": {"env_steps": agent.env_steps, "episodes": agent.episodes, "updates": agent.updates},
+        "counters": {"env_steps": agent.env_steps, "episodes": agent.episodes, "updates": agent.updates,
+                     "vector_steps": agent.vector_steps},
         "replay": agent.replay.state_dict(),
         "rng": _rng_state(agent.rng),
         "prev": [[slot, agent.prev_obs[slot].tobytes(), agent.prev_action[slot]] for slot in sorted(agent.prev_obs)],
@@ -141,6 +142,7 @@ def load(path: str | os.PathLike) -> Any:
         agent.env_steps = int(data["counters"]["env_steps"])
         agent.episodes = int(data["counters"]["episodes"])
         agent.updates = int(data["counters"]["updates"])
+        agent.vector_steps = int(data["counters"]["vector_steps"])
         agent.replay.load_state_dict(data["replay"])
         agent.rng = _restore_rng(data["rng"])
         for slot, obs, action in data["prev"]:

@@ -40,7 +40,7 @@ class DQNConfig:
     batch_size: int = 128  # transitions per gradient step
     buffer_size: int = 50_000  # replay capacity in transitions
     learning_starts: int = 500  # env steps collected before the first gradient step
-    train_freq: int = 1  # env steps between training rounds
+    train_freq: int = 1  # vector steps (fused `step` calls, one per env step of all slots) between training rounds
     gradient_steps: int = 1  # gradient steps per training round
     target_update: str = "hard"  # hard (copy every target_update_interval updates) | soft (Polyak, tau)
     target_update_interval: int = 100  # gradient steps between hard target copies

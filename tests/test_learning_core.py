@@ -295,3 +295,13 @@ def test_checkpoint_version_is_checked(tmp_path):
     path.write_bytes(msgpack.packb({"format": checkpoint.FORMAT, "version": 99, "crc32": 0, "body": b""}))
     with pytest.raises(ValueError, match="format version 99; this dqn_bridge reads version 1"):
         Agent.load(path)
+
+
+def test_train_freq_counts_vector_steps_so_n_envs_share_one_training_round():
+    agent = Agent({**SMALL, "learning_starts": 0, "train_freq": 2, "gradient_steps": 3})
+    obs = np.zeros((4, 4), np.float32)
+    agent.step(obs)
+    for _ in range(10):
+        agent.step(obs, 1.0, False, False)
+    assert agent.env_steps == 40 and agent.vector_steps == 10
+    assert agent.updates == (10 // 2) * 3
