@@ -298,7 +298,7 @@ def test_checkpoint_version_is_checked(tmp_path):
 
 
 def test_train_freq_counts_vector_steps_so_n_envs_share_one_training_round():
-    agent = Agent({**SMALL, "learning_starts": 0, "train_freq": 2, "gradient_steps": 3})
+    agent = Agent({**SMALL, "learning_starts": 0, "n_step": 1, "batch_size": 4, "train_freq": 2, "gradient_steps": 3})
     obs = np.zeros((4, 4), np.float32)
     agent.step(obs)
     for _ in range(10):
