@@ -27,7 +27,7 @@ import time
 
 from bridge.protocol import Atom, decode, encode, frame
 
-__all__ = ["add_arguments", "main", "PipeServer", "random_term", "mutate", "fuzz_cases",
+__all__ = ["add_arguments", "main", "PipeServer", "spawn_on_fds_3_4", "random_term", "mutate", "fuzz_cases",
            "open_fuzz_target", "run_fuzz"]
 
 _OBS = [0.01, -0.02, 0.03, 0.04]
@@ -61,25 +61,40 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="protocol/fuzz/soak: folder for the JSON result (default bench/results)")
 
 
+_TRAMPOLINE = ("import os, sys; a, b = int(sys.argv[1]), int(sys.argv[2]); os.dup2(a, 3); "
+               "os.dup2(b, 4); os.close(a); os.close(b); os.execvp(sys.argv[3], sys.argv[3:])")
+
+
+def spawn_on_fds_3_4(argv: list[str], **popen_kwargs) -> tuple[subprocess.Popen, int, int]:
+    """Start `argv` with a pipe on its fd 3 (it reads) and one on its fd 4 (it writes), the
+    way a BEAM port opened with :nouse_stdio does. Returns (process, write fd, read fd).
+
+    A small trampoline process places the descriptors and execs `argv` (keeping its pid),
+    so no Python code runs between fork and exec here, which would be unsafe in a process
+    that runs JAX's threads.
+    """
+    child_in, parent_out = os.pipe()
+    parent_in, child_out = os.pipe()
+    high_in = fcntl.fcntl(child_in, fcntl.F_DUPFD_CLOEXEC, 10)
+    high_out = fcntl.fcntl(child_out, fcntl.F_DUPFD_CLOEXEC, 10)
+    for fd in (child_in, child_out):
+        os.close(fd)
+    try:
+        proc = subprocess.Popen([sys.executable, "-S", "-c", _TRAMPOLINE, str(high_in),
+                                 str(high_out), *argv],
+                                pass_fds=(high_in, high_out), **popen_kwargs)
+    finally:
+        os.close(high_in)
+        os.close(high_out)
+    return proc, parent_out, parent_in
+
+
 class PipeServer:
     """A child process speaking packet-4 frames on its fds 3/4, as a BEAM port sees it."""
 
     def __init__(self, argv: list[str], env: dict | None = None):
-        child_in, self.out_fd = os.pipe()
-        self.in_fd, child_out = os.pipe()
-
-        def place_fds() -> None:
-            high_in = fcntl.fcntl(child_in, fcntl.F_DUPFD, 10)
-            high_out = fcntl.fcntl(child_out, fcntl.F_DUPFD, 10)
-            os.dup2(high_in, 3)
-            os.dup2(high_out, 4)
-            os.close(high_in)
-            os.close(high_out)
-
-        self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                     env=env, preexec_fn=place_fds, close_fds=False)
-        os.close(child_in)
-        os.close(child_out)
+        self.proc, self.out_fd, self.in_fd = spawn_on_fds_3_4(
+            argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, env=env)
         self._buffer = bytearray()
         self._ids = 0
 
@@ -176,24 +191,25 @@ def _call_payload(function: str, args: list) -> bytes:
 # ------------------------------------------------------------------------- protocol
 
 def bench_protocol(calls: int) -> dict:
-    import numpy as np
-
-    from bridge.agent import Agent
-    from bridge.config import DQNConfig
-
     warmup = max(200, calls // 10)
+    # Both children are started before this process imports JAX: forking a process that
+    # runs JAX's threads is unsafe.
     echo = PipeServer([sys.executable, "-c", _ECHO_SOURCE])
+    server = PipeServer.bridge()
     ping_payload = _call_payload("ping", [_OBS])
     echo_samples = _timed_round_trips(echo, ping_payload, warmup + calls)[warmup:]
-    echo.close()
 
     config = {"seed": 0, "eps_start": 0.0, "eps_end": 0.0}  # every action goes through the net
-    server = PipeServer.bridge()
     handle = server.call("new_agent", config)
     ping_samples = _timed_round_trips(server, ping_payload, warmup + calls)[warmup:]
     act_payload = _call_payload("select_action", [handle, _OBS])
     act_samples = _timed_round_trips(server, act_payload, warmup + calls)[warmup:]
     server.close()
+
+    import numpy as np
+
+    from bridge.agent import Agent
+    from bridge.config import DQNConfig
 
     agent = Agent(DQNConfig.from_mapping(config))
     obs = np.asarray(_OBS, dtype=np.float32)
@@ -204,8 +220,20 @@ def bench_protocol(calls: int) -> dict:
         local.append(clock() - t0)
     local = local[warmup:]
 
+    # The server's act runs right after a blocking pipe read, not in a hot loop; timing the
+    # in-process act right after a raw echo round trip shows what that cadence alone costs.
+    cadenced = []
+    for _ in range(warmup + calls):
+        echo.send(ping_payload)
+        echo.recv()
+        t0 = clock()
+        agent.act(obs)
+        cadenced.append(clock() - t0)
+    echo.close()
+
     rows = {"raw_echo": _stats(echo_samples), "ping": _stats(ping_samples),
-            "select_action": _stats(act_samples), "in_process_act": _stats(local)}
+            "select_action": _stats(act_samples), "in_process_act": _stats(local),
+            "in_process_act_after_echo": _stats(cadenced[warmup:])}
     med = {k: v["median_us"] for k, v in rows.items()}
     p99 = {k: v["p99_us"] for k, v in rows.items()}
     ratios = {
@@ -216,6 +244,8 @@ def bench_protocol(calls: int) -> dict:
             p99["select_action"] / (p99["raw_echo"] + p99["in_process_act"]),
         "select_action / (ping + act) (median)":
             med["select_action"] / (med["ping"] + med["in_process_act"]),
+        "select_action / (raw_echo + act after echo) (median)":
+            med["select_action"] / (med["raw_echo"] + med["in_process_act_after_echo"]),
     }
     return {"kind": "protocol", "date": datetime.date.today().isoformat(), "calls": calls,
             "timings": rows, "ratios": {k: round(v, 3) for k, v in ratios.items()},
@@ -224,11 +254,11 @@ def bench_protocol(calls: int) -> dict:
 
 
 def _print_protocol(result: dict) -> None:
-    print(f"{'round trip':<20}{'median us':>12}{'p99 us':>12}")
+    print(f"{'round trip':<28}{'median us':>12}{'p99 us':>12}")
     for name, row in result["timings"].items():
-        print(f"{name:<20}{row['median_us']:>12.1f}{row['p99_us']:>12.1f}")
+        print(f"{name:<28}{row['median_us']:>12.1f}{row['p99_us']:>12.1f}")
     for name, value in result["ratios"].items():
-        print(f"{name:<45}{value:>8.3f}")
+        print(f"{name:<56}{value:>8.3f}")
 
 
 # ----------------------------------------------------------------------------- fuzz
@@ -369,7 +399,7 @@ def bench_soak(calls: int) -> dict:
     for i in range(calls):
         send(payload)
         reply = recv()
-        if reply[2] != ord("r"):  # version, SMALL_TUPLE, arity, then the tag atom
+        if reply[1:6] != b"h\x03w\x01r":  # {:r, _, _} without decoding the whole reply
             raise AssertionError(f"call {i} failed: {decode(reply)!r:.300}")
         if i + 1 == warmup:
             rss_warm = server.rss_kib()

@@ -9,7 +9,6 @@ calls, and returns decoded replies. Other test files may use it:
 """
 from __future__ import annotations
 
-import fcntl
 import itertools
 import os
 import select
@@ -22,6 +21,7 @@ import time
 import pytest
 
 from bridge.protocol import Atom, decode, encode, frame
+from bridge.wirebench import spawn_on_fds_3_4
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -63,23 +63,9 @@ class PortClient:
             self.out_fd = self.proc.stdin.fileno()
             self.in_fd = self.proc.stdout.fileno()
         else:
-            child_in, self.out_fd = os.pipe()  # we write calls, the child reads fd 3
-            self.in_fd, child_out = os.pipe()  # the child writes fd 4, we read replies
-
-            def place_fds() -> None:  # runs in the child between fork and exec
-                high_in = fcntl.fcntl(child_in, fcntl.F_DUPFD, 10)
-                high_out = fcntl.fcntl(child_out, fcntl.F_DUPFD, 10)
-                os.dup2(high_in, 3)
-                os.dup2(high_out, 4)
-                os.close(high_in)
-                os.close(high_out)
-
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL,
-                                         stdout=subprocess.DEVNULL, stderr=self.stderr_file,
-                                         env=child_env, cwd=ROOT, preexec_fn=place_fds,
-                                         close_fds=False)
-            os.close(child_in)
-            os.close(child_out)
+            self.proc, self.out_fd, self.in_fd = spawn_on_fds_3_4(
+                argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                stderr=self.stderr_file, env=child_env, cwd=ROOT)
 
     # --------------------------------------------------------------- raw bytes
 
