@@ -44,6 +44,7 @@ def _descriptors(use_stdio: bool) -> tuple[int, int]:
         except OSError:
             raise ValueError(f"fd {fd} is not open: run the server from a BEAM port opened "
                              "with :nouse_stdio (frames on fds 3/4), or pass --use-stdio") from None
+        os.set_inheritable(fd, False)  # no child process of ours may hold the port's pipes
     return 3, 4
 
 

@@ -153,13 +153,10 @@ def rss_kib(pid: int) -> int:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
-def _results_path(kind: str, out_dir: str) -> str:
-    os.makedirs(out_dir, exist_ok=True)
-    return os.path.join(out_dir, f"{kind}-{datetime.date.today().isoformat()}.json")
-
-
 def _write(kind: str, args, result: dict) -> str:
-    path = _results_path(kind, getattr(args, "out_dir", None) or "bench/results")
+    from bridge.cli import results_path
+
+    path = results_path(kind, getattr(args, "out_dir", None) or "bench/results")
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
         f.write("\n")

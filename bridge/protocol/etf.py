@@ -11,9 +11,9 @@
 | `:nan`, `:infinity`, `:neg_infinity` | what a non-finite float is encoded as        |
 
 A numpy array is encoded as `{:tensor, dtype, shape, data}` and numpy scalars as the
-matching Python number; the reverse direction (a tensor term into a numpy array) is the
-normalisation layer's job (`bridge.protocol.normalize`), so that `decode` stays a plain
-ETF reader. Improper lists, bit strings, pids, ports, references and funs are refused:
+matching Python number; the reverse direction (a tensor term into a numpy array) belongs
+to the normalisation helpers at the end of this module (`as_array` and friends, which
+`bridge.api` runs on every argument), so that `decode` stays a plain ETF reader. Improper lists, bit strings, pids, ports, references and funs are refused:
 nothing on the wire can name code or a process on this side.
 
 The reader is hand-written rather than built on erlang-py because the mapping above
@@ -30,7 +30,9 @@ import zlib
 
 import numpy as np
 
-__all__ = ["Atom", "DecodeError", "EncodeError", "decode", "encode", "decode_call_id"]
+__all__ = ["Atom", "DecodeError", "EncodeError", "decode", "encode", "decode_call_id",
+           "TENSOR_DTYPES", "atom_name", "is_nil", "describe", "as_text", "as_bool", "as_int",
+           "as_float", "as_array", "tensor_to_array", "as_mapping", "as_options", "to_builtin"]
 
 VERSION = 131
 MAX_ATOM_CHARS = 255
