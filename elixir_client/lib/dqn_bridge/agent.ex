@@ -37,9 +37,45 @@ defmodule DQNBridge.Agent do
   That is four round trips per env step. `step/6` fuses them into one (store
   the previous transition, train when due, act), and takes a batch of
   observations so N environments cost one round trip; `DQNBridge.Loop` uses it.
+
+  ## Restarts and autosave
+
+  For an agent that must outlive its Python process, start it with `restart: true`
+  and `autosave: [path: path, every: n]`, for example in your supervision tree:
+
+      children = [
+        {DQNBridge.Agent,
+         name: MyApp.Agent, config: [seed: 0], restart: true,
+         autosave: [path: "/var/lib/my_app/agent.ckpt", every: 1_000]}
+      ]
+
+  * Autosave writes a checkpoint (atomically: temporary file, fsync, rename) to
+    `path` each time the env steps seen through `step/6` and `observe/3` cross a
+    multiple of `n`, and once more when the agent stops normally. A crash loses at
+    most the last `n` env steps. If `path` exists when the agent starts (and no
+    `:load` is given), the agent resumes from it.
+  * With `restart:`, the agent traps exits and, when its Python process dies
+    (killed, crashed, out of memory), starts a new one in place and loads the
+    latest checkpoint: the last one this agent saved or loaded, else the `:load`
+    file, else a fresh agent from `:config`. The agent's pid stays the same.
+  * Calls in flight when Python died are sent again, in order, once the new
+    process is up; calls made during the restart wait in the agent's mailbox. So
+    a `DQNBridge.Loop` (or your own loop) just sees one slow call. A call that
+    was in flight during two crashes in a row is answered
+    `{:error, {:python_exited, status}}` instead, in case it is what kills Python.
+  * More than `max_restarts` restarts within `max_seconds` (default 5 in 10 s),
+    or a checkpoint that cannot be loaded, stops the agent with
+    `{:restart_failed, reason}`; its own supervisor takes over from there.
+
+  With `restart:`, replies come back through the agent (one extra message hop),
+  so that it knows which calls were in flight. Gym envs made in the agent's
+  Python process (`python/1`) die with it; restart covers the agent only.
+  `health/1` reports the restarts.
   """
 
   use GenServer
+
+  require Logger
 
   alias DQNBridge.{Python, PythonError}
 
@@ -100,8 +136,13 @@ defmodule DQNBridge.Agent do
       `DQNBridge.Python.start_link/1` options, or a running `DQNBridge.Python`
       server to share (the agent links to it, but does not stop it)
     * `:name` - register the agent under this name
+    * `:restart` - restart a dead Python process and reload the latest checkpoint:
+      `false` (default), `true`, or `[max_restarts: n, max_seconds: s]` (default 5
+      restarts in 10 s); needs a Python process of its own, not a shared `:python` server
+    * `:autosave` - `[path: path, every: n]`: save a checkpoint to `path` every `n`
+      env steps, and when the agent stops normally
 
-  A config Python refuses gives `{:error, %DQNBridge.PythonError{}}`; as with
+  See "Restarts and autosave" above. A config Python refuses gives `{:error, %DQNBridge.PythonError{}}`; as with
   any GenServer whose `init/1` fails, the linked caller also gets an exit
   signal, so use `start/1` to try a config without linking.
   """
@@ -119,10 +160,66 @@ defmodule DQNBridge.Agent do
   end
 
   defp validate_start(opts) do
-    opts = Keyword.validate!(opts, [:name, :load, :python, config: []])
+    opts =
+      Keyword.validate!(opts, [:name, :load, :python, config: [], restart: false, autosave: nil])
+
+    opts =
+      opts
+      |> Keyword.update!(:restart, &restart_limits!/1)
+      |> Keyword.update!(:autosave, &autosave!/1)
+
+    if opts[:restart] && is_pid(opts[:python]) do
+      raise ArgumentError,
+            "restart: needs an agent that owns its Python process; drop restart: or python: (a shared server)"
+    end
+
     {name, opts} = Keyword.pop(opts, :name)
     {if(name, do: [name: name], else: []), opts}
   end
+
+  defp restart_limits!(false), do: nil
+  defp restart_limits!(true), do: restart_limits!([])
+
+  defp restart_limits!(opts) when is_list(opts) do
+    opts = Keyword.validate!(opts, max_restarts: 5, max_seconds: 10)
+
+    case {opts[:max_restarts], opts[:max_seconds]} do
+      {max, seconds} when is_integer(max) and max >= 0 and is_number(seconds) and seconds > 0 ->
+        %{max: max, window_ms: round(seconds * 1000)}
+
+      _ ->
+        raise ArgumentError,
+              "restart: needs max_restarts: a non-negative integer and max_seconds: a positive number, " <>
+                "got: #{inspect(opts)}"
+    end
+  end
+
+  defp restart_limits!(other),
+    do:
+      raise(
+        ArgumentError,
+        "restart: must be true, false or [max_restarts: n, max_seconds: s], got: #{inspect(other)}"
+      )
+
+  defp autosave!(nil), do: nil
+
+  defp autosave!(opts) when is_list(opts) do
+    opts = Keyword.validate!(opts, [:path, :every])
+
+    case {opts[:path], opts[:every]} do
+      {path, every} when is_binary(path) and is_integer(every) and every > 0 ->
+        File.mkdir_p!(Path.dirname(Path.expand(path)))
+        %{path: Path.expand(path), every: every}
+
+      _ ->
+        raise ArgumentError,
+              "autosave: needs [path: a file path, every: a positive integer of env steps], " <>
+                "got: #{inspect(opts)}"
+    end
+  end
+
+  defp autosave!(other),
+    do: raise(ArgumentError, "autosave: must be [path: path, every: n], got: #{inspect(other)}")
 
   @doc """
   Picks an action for `obs` (epsilon-greedy, or greedy with `greedy: true`).
@@ -175,7 +272,14 @@ defmodule DQNBridge.Agent do
     * `:final_obs` - see above
     * `:timeout` - ms to wait
   """
-  @spec step(t(), obs(), number() | [number()], boolean() | [boolean()], boolean() | [boolean()], keyword()) ::
+  @spec step(
+          t(),
+          obs(),
+          number() | [number()],
+          boolean() | [boolean()],
+          boolean() | [boolean()],
+          keyword()
+        ) ::
           actions() | error()
   def step(agent, obs, reward, terminated, truncated, opts \\ []) do
     case opts do
@@ -184,7 +288,11 @@ defmodule DQNBridge.Agent do
 
       _ ->
         opts = Keyword.validate!(opts, [:final_obs, timeout: @default_timeout])
-        args = [obs, reward, terminated, truncated] ++ List.wrap(opts[:final_obs] && [opts[:final_obs]])
+
+        args =
+          [obs, reward, terminated, truncated] ++
+            List.wrap(opts[:final_obs] && [opts[:final_obs]])
+
         call(agent, :step, args, opts[:timeout])
     end
   end
@@ -220,6 +328,22 @@ defmodule DQNBridge.Agent do
   @spec python(t()) :: pid()
   def python(agent), do: GenServer.call(agent, :python)
 
+  @typedoc "What `health/1` reports."
+  @type health :: %{
+          restarts: non_neg_integer(),
+          last_exit: term(),
+          os_pid: non_neg_integer() | nil,
+          checkpoint: Path.t() | nil
+        }
+
+  @doc """
+  How the agent's Python process is doing: restarts so far, the exit reason of
+  the last Python process that died (`nil` if none), the OS pid of the current
+  one, and the checkpoint a restart would load (`nil`: a fresh agent from the config).
+  """
+  @spec health(t()) :: health()
+  def health(agent), do: GenServer.call(agent, :health)
+
   @doc "Frees the Python-side agent and stops the agent (and the Python process, if it owns it)."
   @spec stop(t(), timeout()) :: :ok
   def stop(agent, timeout \\ 10_000), do: GenServer.stop(agent, :normal, timeout)
@@ -230,8 +354,11 @@ defmodule DQNBridge.Agent do
       {:error, _} = error -> error
     end
   catch
-    :exit, {:timeout, {GenServer, :call, _}} -> {:error, :timeout}
-    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} -> {:error, {:python_exited, status}}
+    :exit, {:timeout, {GenServer, :call, _}} ->
+      {:error, :timeout}
+
+    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} ->
+      {:error, {:python_exited, status}}
   end
 
   defp nil_to_ok(nil), do: :ok
@@ -247,9 +374,28 @@ defmodule DQNBridge.Agent do
 
   @impl true
   def init(opts) do
+    # Trapping exits lets a restart replace Python, and a supervisor's shutdown run the final autosave.
+    if opts[:restart] || opts[:autosave], do: Process.flag(:trap_exit, true)
+    restore = initial_restore(opts)
+
     with {:ok, python, owned?} <- start_python(opts[:python]),
-         {:ok, handle} <- new_agent(python, opts) do
-      {:ok, %{python: python, owned?: owned?, handle: handle}}
+         {:ok, handle} <- restore_agent(python, restore, owned?) do
+      {:ok,
+       %{
+         python: python,
+         owned?: owned?,
+         handle: handle,
+         python_opts: opts[:python],
+         restore: restore,
+         restart: opts[:restart],
+         autosave: opts[:autosave],
+         steps: 0,
+         pending: %{},
+         next_seq: 0,
+         restarts: 0,
+         restart_times: [],
+         last_exit: nil
+       }}
     else
       {:error, reason} -> {:stop, reason}
     end
@@ -272,11 +418,20 @@ defmodule DQNBridge.Agent do
     with {:ok, pid} <- Python.start_link(opts), do: {:ok, pid, true}
   end
 
-  defp new_agent(python, opts) do
+  # Where a (re)started Python process gets its agent: the latest checkpoint, else the config.
+  defp initial_restore(opts) do
+    cond do
+      opts[:load] -> {:load, Path.expand(opts[:load])}
+      opts[:autosave] && File.exists?(opts[:autosave].path) -> {:load, opts[:autosave].path}
+      true -> {:new, Map.new(opts[:config])}
+    end
+  end
+
+  defp restore_agent(python, restore, owned?) do
     result =
-      case opts[:load] do
-        nil -> Python.call(python, :new_agent, [Map.new(opts[:config])], @start_timeout)
-        path -> Python.call(python, :load, [Path.expand(path)], @start_timeout)
+      case restore do
+        {:new, config} -> Python.call(python, :new_agent, [config], @start_timeout)
+        {:load, path} -> Python.call(python, :load, [path], @start_timeout)
       end
 
     case result do
@@ -284,38 +439,181 @@ defmodule DQNBridge.Agent do
         {:ok, handle}
 
       error ->
-        unless is_pid(opts[:python]), do: Python.stop(python)
+        if owned?, do: stop_python(python)
         error
     end
   end
 
+  defp stop_python(python) do
+    Python.stop(python)
+  catch
+    :exit, _already_gone -> :ok
+  end
+
   @impl true
-  def handle_call({:api, function, args}, from, state) do
+  def handle_call({:api, function, args}, from, %{restart: nil} = state) do
     Python.forward(state.python, from, function, [state.handle | args])
-    {:noreply, state}
+    {:noreply, count_steps(state, function, args)}
+  end
+
+  def handle_call({:api, function, args}, from, state) do
+    state = send_call(state, {:caller, from}, function, args, 1)
+    {:noreply, count_steps(state, function, args)}
   end
 
   def handle_call({:load, path, timeout}, _from, state) do
     case Python.call(state.python, :load, [path], timeout) do
       {:ok, handle} ->
         Python.call(state.python, :close, [state.handle], timeout)
-        {:reply, :ok, %{state | handle: handle}}
+        {:reply, :ok, %{state | handle: handle, restore: {:load, path}}}
 
       error ->
         {:reply, error, state}
     end
   end
 
+  def handle_call(:health, _from, state) do
+    os_pid =
+      try do
+        Python.os_pid(state.python)
+      catch
+        :exit, _dead_before_restart -> nil
+      end
+
+    checkpoint = with {:load, path} <- state.restore, do: path, else: (_ -> nil)
+    {:reply, %{restarts: state.restarts, last_exit: state.last_exit, os_pid: os_pid, checkpoint: checkpoint}, state}
+  end
+
   def handle_call(:python, _from, state), do: {:reply, state.python, state}
 
   @impl true
+  def handle_info({{__MODULE__, seq}, reply}, %{pending: pending, restart: restart} = state)
+      when is_map_key(pending, seq) do
+    case reply do
+      # Python died: the call stays pending and is sent again once the restart is done.
+      {:error, {:python_exited, _}} when restart != nil ->
+        {:noreply, state}
+
+      _ ->
+        {{origin, function, args, _attempt}, pending} = Map.pop(pending, seq)
+        {:noreply, delivered(%{state | pending: pending}, origin, function, args, reply)}
+    end
+  end
+
+  def handle_info({:EXIT, python, reason}, %{python: python, restart: nil} = state), do: {:stop, reason, state}
+  def handle_info({:EXIT, python, reason}, %{python: python} = state), do: restart(state, reason)
+  # An earlier Python process (or one a failed restore gave up on) reporting its end.
+  def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
+  def handle_info(_stray, state), do: {:noreply, state}
+
+  defp restart(state, reason) do
+    now = System.monotonic_time(:millisecond)
+    recent = [now | Enum.filter(state.restart_times, &(now - &1 < state.restart.window_ms))]
+    state = %{state | last_exit: reason, restart_times: recent}
+
+    with :ok <- check_restart_rate(recent, state.restart, reason),
+         Logger.warning("DQNBridge.Agent: Python exited (#{inspect(reason)}); restarting from #{describe(state.restore)}"),
+         {:ok, python, true} <- start_python(state.python_opts),
+         {:ok, handle} <- restore_agent(python, state.restore, true) do
+      {:noreply, resend_pending(%{state | python: python, handle: handle, restarts: state.restarts + 1})}
+    else
+      {:error, error} -> {:stop, {:restart_failed, error}, state}
+    end
+  end
+
+  defp check_restart_rate(recent, limits, reason) do
+    if length(recent) <= limits.max,
+      do: :ok,
+      else: {:error, {:too_many_restarts, limits.max, limits.window_ms, reason}}
+  end
+
+  defp describe({:load, path}), do: path
+  defp describe({:new, _config}), do: "the config (no checkpoint yet)"
+
+  # In the order Python first got them. A call in flight during two crashes in a row
+  # may be what kills Python: it gets an error instead of a third try.
+  defp resend_pending(state) do
+    state.pending
+    |> Enum.sort()
+    |> Enum.reduce(%{state | pending: %{}}, fn {_seq, {origin, function, args, attempt}}, state ->
+      if attempt < 2,
+        do: send_call(state, origin, function, args, attempt + 1),
+        else: delivered(state, origin, function, args, {:error, {:python_exited, exit_status(state.last_exit)}})
+    end)
+  end
+
+  defp exit_status({:shutdown, {:python_exited, status}}), do: status
+  defp exit_status(reason), do: reason
+
+  # The reply comes back to the agent as `{{DQNBridge.Agent, seq}, reply}`.
+  defp send_call(state, origin, function, args, attempt) do
+    seq = state.next_seq
+    Python.forward(state.python, {self(), {__MODULE__, seq}}, function, [state.handle | args])
+    %{state | next_seq: seq + 1, pending: Map.put(state.pending, seq, {origin, function, args, attempt})}
+  end
+
+  defp delivered(state, {:caller, from}, function, args, reply) do
+    GenServer.reply(from, reply)
+    if function == :save and match?({:ok, _}, reply), do: %{state | restore: {:load, hd(args)}}, else: state
+  end
+
+  defp delivered(state, :autosave, :save, [path], reply) do
+    case reply do
+      {:ok, _} ->
+        %{state | restore: {:load, path}}
+
+      {:error, error} ->
+        Logger.error("DQNBridge.Agent: autosave to #{path} failed: #{inspect(error)}")
+        state
+    end
+  end
+
+  # Autosave counts env steps: the rows of the observations given to step and observe.
+  defp count_steps(%{autosave: nil} = state, _function, _args), do: state
+
+  defp count_steps(state, function, args) do
+    rows =
+      case {function, args} do
+        {:step, [obs | _]} -> rows(obs)
+        {:observe, [transition]} -> rows(Map.get(transition, :obs, Map.get(transition, "obs")))
+        _ -> 0
+      end
+
+    %{path: path, every: every} = state.autosave
+    steps = state.steps + rows
+    state = %{state | steps: steps}
+    due? = div(steps, every) > div(steps - rows, every)
+
+    if due? and not autosaving?(state),
+      do: send_call(state, :autosave, :save, [path], 1),
+      else: state
+  end
+
+  defp rows([first | _] = batch) when is_list(first), do: length(batch)
+  defp rows({:tensor, _dtype, {n, _dim}, _data}), do: n
+  defp rows(_one), do: 1
+
+  defp autosaving?(state), do: Enum.any?(state.pending, &match?({_seq, {:autosave, _, _, _}}, &1))
+
+  @impl true
   def terminate(_reason, state) do
+    if state.autosave, do: final_save(state)
+
     if state.owned? do
-      Python.stop(state.python)
+      stop_python(state.python)
     else
       Python.call(state.python, :close, [state.handle], 5_000)
     end
   catch
     :exit, _ -> :ok
+  end
+
+  defp final_save(state) do
+    case Python.call(state.python, :save, [state.handle, state.autosave.path], 5_000) do
+      {:ok, _} -> :ok
+      {:error, error} -> Logger.error("DQNBridge.Agent: final autosave to #{state.autosave.path} failed: #{inspect(error)}")
+    end
+  catch
+    :exit, _python_gone -> :ok
   end
 end

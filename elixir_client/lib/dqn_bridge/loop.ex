@@ -64,13 +64,19 @@ defmodule DQNBridge.Loop do
 
   @typedoc "A loop event."
   @type event ::
-          :started | :episode_started | :step_completed | :episode_completed | :halted | :completed
+          :started
+          | :episode_started
+          | :step_completed
+          | :episode_completed
+          | :halted
+          | :completed
 
   @typedoc "A handler: gets the state, says whether to go on."
   @type handler :: (State.t() -> {:continue, State.t()} | {:halt_loop, State.t()})
 
   @typedoc "When a handler runs; see the module doc."
-  @type filter :: :always | [every: pos_integer()] | [first: pos_integer()] | (State.t() -> boolean())
+  @type filter ::
+          :always | [every: pos_integer()] | [first: pos_integer()] | (State.t() -> boolean())
 
   @doc """
   A DQN loop for `agent` on `env` (one env, or a `DQNBridge.Env.Vector` of them).
@@ -92,16 +98,21 @@ defmodule DQNBridge.Loop do
     end
 
     unless is_function(handler, 1) do
-      raise ArgumentError, "a loop handler must be a function of one argument (the state), got: #{inspect(handler)}"
+      raise ArgumentError,
+            "a loop handler must be a function of one argument (the state), got: #{inspect(handler)}"
     end
 
     check_filter!(filter)
-    update_in(loop.handlers, &Map.update(&1, event, [{handler, filter}], fn hs -> hs ++ [{handler, filter}] end))
+
+    update_in(
+      loop.handlers,
+      &Map.update(&1, event, [{handler, filter}], fn hs -> hs ++ [{handler, filter}] end)
+    )
   end
 
   defp check_filter!(:always), do: :ok
-  defp check_filter!([every: n]) when is_integer(n) and n > 0, do: :ok
-  defp check_filter!([first: n]) when is_integer(n) and n > 0, do: :ok
+  defp check_filter!(every: n) when is_integer(n) and n > 0, do: :ok
+  defp check_filter!(first: n) when is_integer(n) and n > 0, do: :ok
   defp check_filter!(fun) when is_function(fun, 1), do: :ok
 
   defp check_filter!(other) do
@@ -125,8 +136,11 @@ defmodule DQNBridge.Loop do
 
     steps =
       case opts[:steps] do
-        n when is_integer(n) and n > 0 -> n
-        other -> raise ArgumentError, "Loop.run needs steps: a positive integer, got: #{inspect(other)}"
+        n when is_integer(n) and n > 0 ->
+          n
+
+        other ->
+          raise ArgumentError, "Loop.run needs steps: a positive integer, got: #{inspect(other)}"
       end
 
     {vec, batch?} =
@@ -205,7 +219,9 @@ defmodule DQNBridge.Loop do
           end)
 
         with {:continue, state} <- result do
-          if state.step < state.max_steps, do: start_episodes(loop, state, slots), else: {:continue, state}
+          if state.step < state.max_steps,
+            do: start_episodes(loop, state, slots),
+            else: {:continue, state}
         end
     end
   end
@@ -279,10 +295,16 @@ defmodule DQNBridge.Loop do
         Enum.reduce(handlers, {:continue, state}, fn {handler, filter}, {status, state} ->
           if passes?(filter, event, state) do
             case handler.(state) do
-              {:continue, %State{} = state} -> {status, state}
-              {:halt_loop, %State{} = state} -> {:halt_loop, state}
-              other -> raise ArgumentError, "a #{inspect(event)} handler returned #{inspect(other)}; " <>
-                         "expected {:continue, state} or {:halt_loop, state}"
+              {:continue, %State{} = state} ->
+                {status, state}
+
+              {:halt_loop, %State{} = state} ->
+                {:halt_loop, state}
+
+              other ->
+                raise ArgumentError,
+                      "a #{inspect(event)} handler returned #{inspect(other)}; " <>
+                        "expected {:continue, state} or {:halt_loop, state}"
             end
           else
             {status, state}
@@ -337,11 +359,14 @@ defmodule DQNBridge.Loop do
   end
 
   # `running` holds {slot, obs, env, return} per unfinished episode.
-  defp greedy_episodes([], _agent, _timeout, done), do: done |> Enum.sort() |> Enum.map(&elem(&1, 1))
+  defp greedy_episodes([], _agent, _timeout, done),
+    do: done |> Enum.sort() |> Enum.map(&elem(&1, 1))
 
   defp greedy_episodes(running, agent, timeout, done) do
     batch = Enum.map(running, fn {_slot, obs, _env, _ret} -> obs end)
-    actions = ok!(Agent.select_action(agent, batch, greedy: true, timeout: timeout), :select_action)
+
+    actions =
+      ok!(Agent.select_action(agent, batch, greedy: true, timeout: timeout), :select_action)
 
     {running, done} =
       running

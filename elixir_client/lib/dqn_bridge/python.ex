@@ -75,8 +75,11 @@ defmodule DQNBridge.Python do
       when is_atom(function) and is_list(args) do
     GenServer.call(server, {:call, function, args}, timeout)
   catch
-    :exit, {:timeout, {GenServer, :call, _}} -> {:error, :timeout}
-    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} -> {:error, {:python_exited, status}}
+    :exit, {:timeout, {GenServer, :call, _}} ->
+      {:error, :timeout}
+
+    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} ->
+      {:error, {:python_exited, status}}
   end
 
   @doc """
@@ -147,7 +150,9 @@ defmodule DQNBridge.Python do
   end
 
   @impl true
-  def handle_call({:call, function, args}, from, state), do: {:noreply, send_call(state, from, function, args)}
+  def handle_call({:call, function, args}, from, state),
+    do: {:noreply, send_call(state, from, function, args)}
+
   def handle_call(:os_pid, _from, state), do: {:reply, state.os_pid, state}
 
   @impl true
@@ -173,7 +178,9 @@ defmodule DQNBridge.Python do
   end
 
   def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    for {_id, from} <- state.pending, do: GenServer.reply(from, {:error, {:python_exited, status}})
+    for {_id, from} <- state.pending,
+        do: GenServer.reply(from, {:error, {:python_exited, status}})
+
     {:stop, {:shutdown, {:python_exited, status}}, %{state | port: nil, pending: %{}}}
   end
 

@@ -21,13 +21,18 @@ defmodule DQNBridge.AgentTest do
 
   test "config is a keyword list or a map, checked by Python's DQNConfig", %{py: py} do
     {:ok, a} = Agent.start_link(python: py, config: %{lr: 5.0e-4, hidden_sizes: [8, 8], seed: 3})
-    assert %{config: %{lr: 5.0e-4, hidden_sizes: [8, 8], seed: 3, env_id: "CartPole-v1"}} = Agent.info(a)
+
+    assert %{config: %{lr: 5.0e-4, hidden_sizes: [8, 8], seed: 3, env_id: "CartPole-v1"}} =
+             Agent.info(a)
 
     assert {:error, %PythonError{class: "builtins.ValueError", message: message}} =
              Agent.start(python: py, config: [bogus_key: 1])
 
     assert message =~ "unknown config key 'bogus_key'"
-    assert {:error, %PythonError{message: message}} = Agent.start(python: py, config: [gamma: 1.5])
+
+    assert {:error, %PythonError{message: message}} =
+             Agent.start(python: py, config: [gamma: 1.5])
+
     assert message =~ "gamma"
   end
 
@@ -44,7 +49,9 @@ defmodule DQNBridge.AgentTest do
     assert [a, b, c] = Agent.select_action(agent, [@obs, @obs, @obs])
     assert Enum.all?([a, b, c], &(&1 in [0, 1]))
     greedy = Agent.select_action(agent, @obs, greedy: true)
-    assert for(_ <- 1..5, do: Agent.select_action(agent, @obs, greedy: true)) == List.duplicate(greedy, 5)
+
+    assert for(_ <- 1..5, do: Agent.select_action(agent, @obs, greedy: true)) ==
+             List.duplicate(greedy, 5)
   end
 
   test "a bad observation comes back as a PythonError naming the problem", %{agent: agent} do
@@ -54,15 +61,33 @@ defmodule DQNBridge.AgentTest do
     assert message =~ "obs has shape [2]"
   end
 
-  test "observe/2 stores transitions and optimize/1 trains once enough are stored", %{agent: agent} do
+  test "observe/2 stores transitions and optimize/1 trains once enough are stored", %{
+    agent: agent
+  } do
     assert Agent.optimize(agent) == :skipped
 
-    transition = %{obs: @obs, action: 1, reward: 1.0, next_obs: @obs, terminated: false, truncated: false}
+    transition = %{
+      obs: @obs,
+      action: 1,
+      reward: 1.0,
+      next_obs: @obs,
+      terminated: false,
+      truncated: false
+    }
+
     for _ <- 1..31, do: assert(Agent.observe(agent, transition) == :ok)
     assert Agent.optimize(agent) == :skipped
 
-    batch = %{transition | obs: [@obs, @obs], action: [0, 1], reward: [1.0, 0.0], next_obs: [@obs, @obs],
-              terminated: [false, true], truncated: [false, false]}
+    batch = %{
+      transition
+      | obs: [@obs, @obs],
+        action: [0, 1],
+        reward: [1.0, 0.0],
+        next_obs: [@obs, @obs],
+        terminated: [false, true],
+        truncated: [false, false]
+    }
+
     assert Agent.observe(agent, batch) == :ok
 
     assert %{loss: loss, q_mean: q_mean, updates: 1} = Agent.optimize(agent)
@@ -85,15 +110,29 @@ defmodule DQNBridge.AgentTest do
     assert [_, _] = Agent.step(agent, batch, [0.0, 0.0], [false, false], [false, false])
 
     assert [_, _] =
-             Agent.step(agent, batch, [1.0, 1.0], [false, true], [true, false], final_obs: [@obs, @obs])
+             Agent.step(agent, batch, [1.0, 1.0], [false, true], [true, false],
+               final_obs: [@obs, @obs]
+             )
 
     # slot 0 had acted in the single-env calls, so the first batch call stores it too
     assert %{env_steps: 44} = Agent.info(agent)
   end
 
   @tag :tmp_dir
-  test "save/2 and load/2 round-trip an agent through a checkpoint", %{agent: agent, py: py, tmp_dir: dir} do
-    transition = %{obs: @obs, action: 0, reward: 1.0, next_obs: @obs, terminated: false, truncated: false}
+  test "save/2 and load/2 round-trip an agent through a checkpoint", %{
+    agent: agent,
+    py: py,
+    tmp_dir: dir
+  } do
+    transition = %{
+      obs: @obs,
+      action: 0,
+      reward: 1.0,
+      next_obs: @obs,
+      terminated: false,
+      truncated: false
+    }
+
     for _ <- 1..40, do: Agent.observe(agent, transition)
     Agent.optimize(agent)
     path = Path.join(dir, "nested/agent.msgpack")
@@ -104,18 +143,24 @@ defmodule DQNBridge.AgentTest do
     {:ok, restored} = Agent.start_link(python: py, load: path)
     # the last loss is not part of a checkpoint
     assert Map.drop(Agent.info(restored), [:loss, :q_mean]) == Map.drop(saved, [:loss, :q_mean])
-    assert Agent.select_action(restored, @obs, greedy: true) == Agent.select_action(agent, @obs, greedy: true)
+
+    assert Agent.select_action(restored, @obs, greedy: true) ==
+             Agent.select_action(agent, @obs, greedy: true)
 
     {:ok, fresh} = Agent.start_link(python: py, config: quick_config())
     assert Agent.load(fresh, path) == :ok
     assert %{env_steps: 40, updates: 1} = Agent.info(fresh)
 
-    assert {:error, %PythonError{message: message}} = Agent.load(fresh, Path.join(dir, "missing.msgpack"))
+    assert {:error, %PythonError{message: message}} =
+             Agent.load(fresh, Path.join(dir, "missing.msgpack"))
+
     assert message =~ "missing.msgpack"
     assert %{env_steps: 40} = Agent.info(fresh)
   end
 
-  test "a timed-out call returns {:error, :timeout} and its late reply is dropped", %{agent: agent} do
+  test "a timed-out call returns {:error, :timeout} and its late reply is dropped", %{
+    agent: agent
+  } do
     assert Agent.select_action(agent, @obs, timeout: 0) == {:error, :timeout}
     assert %{env_steps: 0} = Agent.info(agent)
     refute_receive _, 100
@@ -130,8 +175,14 @@ defmodule DQNBridge.AgentTest do
         {next_obs, reward, terminated, truncated, env} = Env.step(env, action)
 
         :ok =
-          Agent.observe(agent, %{obs: obs, action: action, reward: reward, next_obs: next_obs,
-                                 terminated: terminated, truncated: truncated})
+          Agent.observe(agent, %{
+            obs: obs,
+            action: action,
+            reward: reward,
+            next_obs: next_obs,
+            terminated: terminated,
+            truncated: truncated
+          })
 
         trained = if match?(%{loss: _}, Agent.optimize(agent)), do: trained + 1, else: trained
         {obs, env} = if terminated or truncated, do: Env.reset(env, nil), else: {next_obs, env}

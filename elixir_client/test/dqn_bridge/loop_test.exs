@@ -15,7 +15,11 @@ defmodule DQNBridge.LoopTest do
   setup_all do
     py = start_supervised!(Python)
     # learning_starts beyond these short runs: the loop's bookkeeping is what is tested here
-    %{agent: start_supervised!({Agent, python: py, config: quick_config(learning_starts: 100_000)}), py: py}
+    %{
+      agent:
+        start_supervised!({Agent, python: py, config: quick_config(learning_starts: 100_000)}),
+      py: py
+    }
   end
 
   # A loop whose handlers send {event, step, episode, slot} to the test process.
@@ -48,7 +52,10 @@ defmodule DQNBridge.LoopTest do
     events = received()
 
     assert %State{status: :completed, step: 300} = state
-    assert [{:started, 0, 0, nil}, {:episode_started, 0, 0, 0}, {:step_completed, 1, 0, 0} | _] = events
+
+    assert [{:started, 0, 0, nil}, {:episode_started, 0, 0, 0}, {:step_completed, 1, 0, 0} | _] =
+             events
+
     assert List.last(events) == {:completed, 300, state.episode, state.slot}
     refute Enum.any?(events, &match?({:halted, _, _, _}, &1))
 
@@ -61,7 +68,12 @@ defmodule DQNBridge.LoopTest do
     assert completed == state.episode and completed > 3
     assert Enum.count(kinds, &(&1 == :episode_started)) == completed + 1
 
-    for [{:step_completed, s, _, _}, {:episode_completed, s, _, _}, {:episode_started, s, _, _}, next] <-
+    for [
+          {:step_completed, s, _, _},
+          {:episode_completed, s, _, _},
+          {:episode_started, s, _, _},
+          next
+        ] <-
           Enum.chunk_every(events, 4, 1, :discard) do
       assert {:step_completed, _, _, _} = next
     end
@@ -111,7 +123,30 @@ defmodule DQNBridge.LoopTest do
 
     events = received()
     assert %State{status: :completed, step: 200, iteration: 50} = state
-    assert for({:step_completed, step, _, _} <- events, do: step) == [12, 20, 32, 40, 52, 60, 72, 80, 92, 100, 112, 120, 132, 140, 152, 160, 172, 180, 192, 200]
+
+    assert for({:step_completed, step, _, _} <- events, do: step) == [
+             12,
+             20,
+             32,
+             40,
+             52,
+             60,
+             72,
+             80,
+             92,
+             100,
+             112,
+             120,
+             132,
+             140,
+             152,
+             160,
+             172,
+             180,
+             192,
+             200
+           ]
+
     starts = for {:episode_started, 0, _, slot} <- events, do: slot
     assert starts == [0, 1, 2, 3]
     slots = for {:episode_completed, _, _, slot} <- events, uniq: true, do: slot
@@ -149,7 +184,10 @@ defmodule DQNBridge.LoopTest do
   end
 
   @tag :tmp_dir
-  test "ready handlers: evaluation, best checkpoint, metrics CSV, log, early stop", %{py: py, tmp_dir: dir} do
+  test "ready handlers: evaluation, best checkpoint, metrics CSV, log, early stop", %{
+    py: py,
+    tmp_dir: dir
+  } do
     {:ok, agent} = Agent.start_link(python: py, config: quick_config())
     csv = Path.join(dir, "metrics.csv")
     checkpoint = Path.join(dir, "best.msgpack")
@@ -172,7 +210,10 @@ defmodule DQNBridge.LoopTest do
     assert is_float(state.metrics.eval_return)
 
     [header | rows] = csv |> File.read!() |> String.split("\n", trim: true)
-    assert header == "step,episode,episode_return,episode_length,epsilon,loss,eval_return,steps_per_second"
+
+    assert header ==
+             "step,episode,episode_return,episode_length,epsilon,loss,eval_return,steps_per_second"
+
     rows = Enum.map(rows, &String.split(&1, ","))
     assert Enum.all?(rows, &(length(&1) == 8))
     assert [_, "1", return, length, eps, _, "", sps] = hd(rows)

@@ -101,8 +101,7 @@ defmodule DQNBridge.Env.CartPole do
     steps = steps + 1
     state = [x, x_dot, theta, theta_dot]
 
-    {state, 1.0, terminated, steps >= env.max_episode_steps,
-     %{env | state: state, steps: steps}}
+    {state, 1.0, terminated, steps >= env.max_episode_steps, %{env | state: state, steps: steps}}
   end
 
   def step(%__MODULE__{state: nil}, _action) do

@@ -72,8 +72,8 @@ defmodule DQNBridge.Env.Vector do
     obs = Enum.map(rows, &elem(&1, 0))
     final = if any_done?, do: Enum.map(rows, &elem(&1, 1))
 
-    {obs, Enum.map(rows, &elem(&1, 2)), Enum.map(rows, &elem(&1, 3)), Enum.map(rows, &elem(&1, 4)),
-     final, %{vec | envs: Enum.map(rows, &elem(&1, 5))}}
+    {obs, Enum.map(rows, &elem(&1, 2)), Enum.map(rows, &elem(&1, 3)),
+     Enum.map(rows, &elem(&1, 4)), final, %{vec | envs: Enum.map(rows, &elem(&1, 5))}}
   end
 
   @doc "Closes every slot."

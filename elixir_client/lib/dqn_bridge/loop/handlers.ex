@@ -4,7 +4,7 @@ defmodule DQNBridge.Loop.Handlers do
 
       Loop.dqn(agent, env)
       |> Handlers.evaluate(every: 1_000, episodes: 10)
-      |> Handlers.checkpoint("runs/x/checkpoint.msgpack", best: true)
+      |> Handlers.checkpoint("runs/x/best.ckpt", best: true)
       |> Handlers.early_stop(475.0, on: :eval_return)
       |> Handlers.metrics_csv("runs/x/metrics.csv")
       |> Handlers.log(every: 1_000)
@@ -49,7 +49,11 @@ defmodule DQNBridge.Loop.Handlers do
         metrics =
           state.metrics
           |> Map.merge(%{eval_return: mean, eval_returns: returns, eval_step: state.step})
-          |> Map.merge(if best == nil or mean > best, do: %{best_eval_return: mean, best_eval_step: state.step}, else: %{})
+          |> Map.merge(
+            if best == nil or mean > best,
+              do: %{best_eval_return: mean, best_eval_step: state.step},
+              else: %{}
+          )
 
         {:continue, %{state | metrics: metrics}}
       end,
@@ -73,7 +77,9 @@ defmodule DQNBridge.Loop.Handlers do
         Loop.handle_event(loop, :step_completed, &save_if_best(&1, path), &fresh_eval?/1)
 
       [every: n] ->
-        Loop.handle_event(loop, :step_completed, fn state -> {:continue, save!(state, path)} end, every: n)
+        Loop.handle_event(loop, :step_completed, fn state -> {:continue, save!(state, path)} end,
+          every: n
+        )
 
       other ->
         raise ArgumentError, "checkpoint needs best: true or every: n, got: #{inspect(other)}"
@@ -117,7 +123,10 @@ defmodule DQNBridge.Loop.Handlers do
 
         Loop.handle_event(loop, :episode_completed, fn state ->
           full? = length(state.recent_returns) >= window
-          if full? and State.mean_return(state, window) >= target, do: {:halt_loop, state}, else: {:continue, state}
+
+          if full? and State.mean_return(state, window) >= target,
+            do: {:halt_loop, state},
+            else: {:continue, state}
         end)
 
       :eval_return ->
@@ -125,13 +134,16 @@ defmodule DQNBridge.Loop.Handlers do
           loop,
           :step_completed,
           fn state ->
-            if state.metrics.eval_return >= target, do: {:halt_loop, state}, else: {:continue, state}
+            if state.metrics.eval_return >= target,
+              do: {:halt_loop, state},
+              else: {:continue, state}
           end,
           &fresh_eval?/1
         )
 
       other ->
-        raise ArgumentError, "early_stop on: must be :mean_return or :eval_return, got: #{inspect(other)}"
+        raise ArgumentError,
+              "early_stop on: must be :mean_return or :eval_return, got: #{inspect(other)}"
     end
   end
 

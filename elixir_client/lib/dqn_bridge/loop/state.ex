@@ -47,7 +47,9 @@ defmodule DQNBridge.Loop.State do
   @doc "Env steps per second since the loop started."
   @spec steps_per_second(t()) :: float()
   def steps_per_second(%__MODULE__{step: step, started_at: started_at}) do
-    elapsed = System.convert_time_unit(System.monotonic_time() - started_at, :native, :microsecond)
+    elapsed =
+      System.convert_time_unit(System.monotonic_time() - started_at, :native, :microsecond)
+
     if elapsed > 0, do: step * 1.0e6 / elapsed, else: 0.0
   end
 

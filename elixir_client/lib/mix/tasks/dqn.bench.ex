@@ -32,7 +32,14 @@ defmodule Mix.Tasks.Dqn.Bench do
   alias DQNBridge.Env.{CartPole, Vector}
   alias Mix.Tasks.Dqn.TaskSupport, as: Support
 
-  @switches [calls: :integer, steps: :integer, seed: :integer, envs: :integer, out: :string, python: :string]
+  @switches [
+    calls: :integer,
+    steps: :integer,
+    seed: :integer,
+    envs: :integer,
+    out: :string,
+    python: :string
+  ]
   @defaults [calls: 5_000, steps: 20_000, seed: 0, envs: 8, out: "bench/results"]
 
   @obs [0.01, -0.02, 0.03, 0.04]
@@ -57,7 +64,10 @@ defmodule Mix.Tasks.Dqn.Bench do
   @impl Mix.Task
   def run(argv) do
     opts = Support.parse!("dqn.bench", argv, @switches, @defaults)
-    for key <- [:calls, :steps, :envs], do: Support.positive!("dqn.bench", Atom.to_string(key), opts[key])
+
+    for key <- [:calls, :steps, :envs],
+        do: Support.positive!("dqn.bench", Atom.to_string(key), opts[key])
+
     python = Support.python_opt(opts[:python])
     Mix.Task.run("compile")
     info = &Mix.shell().info/1
@@ -98,7 +108,9 @@ defmodule Mix.Tasks.Dqn.Bench do
     {:ok, py} = Python.start_link(python_start_opts(python))
 
     try do
-      {:ok, agent} = Agent.start_link(python: py, config: [seed: opts[:seed], eps_start: 0.0, eps_end: 0.0])
+      {:ok, agent} =
+        Agent.start_link(python: py, config: [seed: opts[:seed], eps_start: 0.0, eps_end: 0.0])
+
       n = opts[:calls]
       warmup = max(200, div(n, 10))
 
@@ -143,7 +155,11 @@ defmodule Mix.Tasks.Dqn.Bench do
   defp stats(samples) do
     sorted = Enum.sort(samples)
     n = length(sorted)
-    median = if rem(n, 2) == 1, do: Enum.at(sorted, div(n, 2)), else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
+
+    median =
+      if rem(n, 2) == 1,
+        do: Enum.at(sorted, div(n, 2)),
+        else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
 
     %{
       "median_us" => Float.round(median, 2),
@@ -161,7 +177,10 @@ defmodule Mix.Tasks.Dqn.Bench do
       {:ok, agent} = Agent.start_link(python: py, config: [seed: opts[:seed]])
       env = if n_envs == 1, do: CartPole.new(), else: Vector.new(CartPole.new(), n_envs)
       state = agent |> Loop.dqn(env) |> Loop.run(steps: opts[:steps], seed: opts[:seed])
-      seconds = System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1.0e6
+
+      seconds =
+        System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1.0e6
+
       Agent.stop(agent)
       Float.round(state.step / seconds, 1)
     after
@@ -175,8 +194,16 @@ defmodule Mix.Tasks.Dqn.Bench do
 
     args =
       ~w(-m bridge train --env CartPole-v1 --no-progress --name python) ++
-        ["--steps", "#{opts[:steps]}", "--seed", "#{opts[:seed]}", "--eval-every", "#{opts[:steps] + 1}",
-         "--runs-dir", runs_dir]
+        [
+          "--steps",
+          "#{opts[:steps]}",
+          "--seed",
+          "#{opts[:seed]}",
+          "--eval-every",
+          "#{opts[:steps] + 1}",
+          "--runs-dir",
+          runs_dir
+        ]
 
     try do
       case System.cmd(python, args, cd: Python.project_root(), stderr_to_stdout: true) do
@@ -207,7 +234,8 @@ defmodule Mix.Tasks.Dqn.Bench do
       "select_action / (echo + in_process_act), p99" =>
         Float.round(p99.("select_action") / (p99.("echo") + p99.("in_process_act")), 3),
       "elixir 1 env / python in process (target >= 1.0)" => Float.round(elixir_1 / python_sps, 3),
-      "elixir vectorised / python in process (target >= 3.0)" => Float.round(elixir_n / python_sps, 3)
+      "elixir vectorised / python in process (target >= 3.0)" =>
+        Float.round(elixir_n / python_sps, 3)
     }
   end
 

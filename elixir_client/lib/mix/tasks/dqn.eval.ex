@@ -85,10 +85,19 @@ defmodule Mix.Tasks.Dqn.Eval do
   defp checkpoint!(opts) do
     path =
       case {opts[:checkpoint], opts[:name]} do
-        {nil, nil} -> Mix.raise("mix dqn.eval: give --checkpoint PATH or --name NAME (a run under #{opts[:runs_dir]}/)")
-        {path, nil} -> path
-        {nil, name} -> Path.join([opts[:runs_dir], name, "best.ckpt"])
-        {_, _} -> Mix.raise("mix dqn.eval: give --checkpoint or --name, not both")
+        {nil, nil} ->
+          Mix.raise(
+            "mix dqn.eval: give --checkpoint PATH or --name NAME (a run under #{opts[:runs_dir]}/)"
+          )
+
+        {path, nil} ->
+          path
+
+        {nil, name} ->
+          Path.join([opts[:runs_dir], name, "best.ckpt"])
+
+        {_, _} ->
+          Mix.raise("mix dqn.eval: give --checkpoint or --name, not both")
       end
 
     unless File.regular?(path), do: Mix.raise("mix dqn.eval: no checkpoint at #{path}")

@@ -117,7 +117,10 @@ defmodule Mix.Tasks.Dqn.Train do
         else: loop
 
     state = Loop.run(loop, steps: opts[:steps], seed: opts[:seed])
-    wall = System.convert_time_unit(System.monotonic_time() - state.started_at, :native, :microsecond) / 1.0e6
+
+    wall =
+      System.convert_time_unit(System.monotonic_time() - state.started_at, :native, :microsecond) /
+        1.0e6
 
     :ok = Agent.save(agent, path.("final.ckpt"))
     info = Agent.info(agent)
@@ -132,7 +135,8 @@ defmodule Mix.Tasks.Dqn.Train do
         "best greedy eval #{fmt(summary.best_eval, 1)} at step #{summary.best_step}"
     )
 
-    if summary.solved_step, do: Mix.shell().info("reached #{fmt(opts[:target], 0)} at step #{summary.solved_step}")
+    if summary.solved_step,
+      do: Mix.shell().info("reached #{fmt(opts[:target], 0)} at step #{summary.solved_step}")
 
     Mix.shell().info(
       "results in #{run_dir}/: metrics.csv, best.ckpt, final.ckpt, config.json, summary.json, learning_curve.png"
@@ -145,7 +149,8 @@ defmodule Mix.Tasks.Dqn.Train do
     metrics = state.metrics
 
     solved_step =
-      if metrics[:best_eval_return] && metrics.best_eval_return >= opts[:target], do: metrics.best_eval_step
+      if metrics[:best_eval_return] && metrics.best_eval_return >= opts[:target],
+        do: metrics.best_eval_step
 
     %{
       driver: "elixir",

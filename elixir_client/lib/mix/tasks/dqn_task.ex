@@ -17,18 +17,26 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
         end)
 
       {[{switch, nil} | _], _} ->
-        Mix.raise("mix #{task}: unknown option #{switch}#{suggest(switch, switches)}\n\n#{usage(switches)}")
+        Mix.raise(
+          "mix #{task}: unknown option #{switch}#{suggest(switch, switches)}\n\n#{usage(switches)}"
+        )
 
       {[{switch, value} | _], _} ->
-        Mix.raise("mix #{task}: #{switch} expects #{type_of(switches, switch)}, got #{inspect(value)}\n\n#{usage(switches)}")
+        Mix.raise(
+          "mix #{task}: #{switch} expects #{type_of(switches, switch)}, got #{inspect(value)}\n\n#{usage(switches)}"
+        )
 
       {[], [arg | _]} ->
-        Mix.raise("mix #{task}: unexpected argument #{inspect(arg)} (options start with --)\n\n#{usage(switches)}")
+        Mix.raise(
+          "mix #{task}: unexpected argument #{inspect(arg)} (options start with --)\n\n#{usage(switches)}"
+        )
     end
   end
 
   defp suggest(switch, switches) do
-    names = Enum.map(switches, fn {key, _} -> "--" <> String.replace(Atom.to_string(key), "_", "-") end)
+    names =
+      Enum.map(switches, fn {key, _} -> "--" <> String.replace(Atom.to_string(key), "_", "-") end)
+
     best = Enum.max_by(names, &String.jaro_distance(&1, switch))
     if String.jaro_distance(best, switch) > 0.8, do: " (did you mean #{best}?)", else: ""
   end
@@ -75,8 +83,13 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
   def config_overrides!(task, sets) do
     Enum.map(sets, fn text ->
       case String.split(text, "=", parts: 2) do
-        [key, raw] when key != "" -> {String.to_atom(String.trim(key)), parse_value(String.trim(raw))}
-        _ -> Mix.raise("mix #{task}: --set expects KEY=VALUE (e.g. --set lr=0.0005), got #{inspect(text)}")
+        [key, raw] when key != "" ->
+          {String.to_atom(String.trim(key)), parse_value(String.trim(raw))}
+
+        _ ->
+          Mix.raise(
+            "mix #{task}: --set expects KEY=VALUE (e.g. --set lr=0.0005), got #{inspect(text)}"
+          )
       end
     end)
   end
@@ -92,7 +105,11 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
 
       inner ->
         if String.ends_with?(inner, "]"),
-          do: inner |> String.trim_trailing("]") |> String.split(",") |> Enum.map(&parse_value(String.trim(&1))),
+          do:
+            inner
+            |> String.trim_trailing("]")
+            |> String.split(",")
+            |> Enum.map(&parse_value(String.trim(&1))),
           else: raw
     end
   end
@@ -189,7 +206,9 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
     pairs =
       map
       |> Enum.sort_by(fn {k, _} -> to_string(k) end)
-      |> Enum.map_intersperse(",\n", fn {k, v} -> [inner, encode(to_string(k), inner), ": ", encode(v, inner)] end)
+      |> Enum.map_intersperse(",\n", fn {k, v} ->
+        [inner, encode(to_string(k), inner), ": ", encode(v, inner)]
+      end)
 
     ["{\n", pairs, ?\n, indent, "}"]
   end

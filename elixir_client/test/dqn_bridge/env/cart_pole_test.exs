@@ -15,13 +15,17 @@ defmodule DQNBridge.Env.CartPoleTest do
     python = DQNBridge.Python.default_executable()
 
     {out, 0} =
-      System.cmd(python, [script, "#{seed}", "#{steps}", policy], cd: DQNBridge.Python.project_root())
+      System.cmd(python, [script, "#{seed}", "#{steps}", policy],
+        cd: DQNBridge.Python.project_root()
+      )
 
     out
     |> String.split("\n", trim: true)
     |> Enum.map(fn line ->
       case String.split(line) do
-        ["reset" | state] -> {:reset, Enum.map(state, &float/1)}
+        ["reset" | state] ->
+          {:reset, Enum.map(state, &float/1)}
+
         ["step", a, o0, o1, o2, o3, r, te, tr] ->
           {:step, String.to_integer(a), Enum.map([o0, o1, o2, o3], &float/1), float(r), te == "1",
            tr == "1"}

@@ -21,7 +21,9 @@ defmodule Mix.Tasks.DqnTasksTest do
   test "dqn.train --steps 20000 --seed 0 reaches a greedy mean >= 475 and writes the results",
        %{tmp_dir: dir} do
     summary =
-      Mix.Tasks.Dqn.Train.run(~w(--steps 20000 --seed 0 --name cartpole --no-progress --runs-dir) ++ [dir])
+      Mix.Tasks.Dqn.Train.run(
+        ~w(--steps 20000 --seed 0 --name cartpole --no-progress --runs-dir) ++ [dir]
+      )
 
     run = Path.join(dir, "cartpole")
     assert summary.best_eval >= 475.0, "best greedy mean #{summary.best_eval}"
@@ -30,9 +32,16 @@ defmodule Mix.Tasks.DqnTasksTest do
       assert File.regular?(Path.join(run, file)), "#{file} missing"
     end
 
-    [header | rows] = run |> Path.join("metrics.csv") |> File.read!() |> String.split("\n", trim: true)
-    assert header == "step,episode,episode_return,episode_length,epsilon,loss,eval_return,steps_per_second"
-    evals = for [step, _, "", "", _, _, eval, _] <- Enum.map(rows, &String.split(&1, ",")), do: {step, eval}
+    [header | rows] =
+      run |> Path.join("metrics.csv") |> File.read!() |> String.split("\n", trim: true)
+
+    assert header ==
+             "step,episode,episode_return,episode_length,epsilon,loss,eval_return,steps_per_second"
+
+    evals =
+      for [step, _, "", "", _, _, eval, _] <- Enum.map(rows, &String.split(&1, ",")),
+          do: {step, eval}
+
     assert length(evals) == 20
     assert <<0x89, "PNG", _::binary>> = File.read!(Path.join(run, "learning_curve.png"))
     assert Enum.any?(messages(), &(&1 =~ "results in #{run}/"))
@@ -40,7 +49,11 @@ defmodule Mix.Tasks.DqnTasksTest do
     # dqn.eval reads the run's best checkpoint
     eval = Mix.Tasks.Dqn.Eval.run(~w(--name cartpole --episodes 10 --runs-dir) ++ [dir])
     assert eval.mean >= 400.0
-    assert Enum.any?(messages(), &(&1 =~ ~r/CartPole-v1: mean return [\d.]+ ± [\d.]+ over 10 greedy episodes/))
+
+    assert Enum.any?(
+             messages(),
+             &(&1 =~ ~r/CartPole-v1: mean return [\d.]+ ± [\d.]+ over 10 greedy episodes/)
+           )
   end
 
   @tag :tmp_dir
@@ -48,7 +61,8 @@ defmodule Mix.Tasks.DqnTasksTest do
     summary =
       Mix.Tasks.Dqn.Train.run(
         ~w(--steps 400 --envs 4 --eval-every 200 --eval-episodes 2 --no-progress --name vec) ++
-          ~w(--set learning_starts=100 --set hidden_sizes=[16,16] --set loss=mse --runs-dir) ++ [dir]
+          ~w(--set learning_starts=100 --set hidden_sizes=[16,16] --set loss=mse --runs-dir) ++
+          [dir]
       )
 
     assert %{steps: 400, n_envs: 4, status: "completed"} = summary
@@ -56,7 +70,14 @@ defmodule Mix.Tasks.DqnTasksTest do
     assert config =~ ~s("hidden_sizes": [16, 16])
     assert config =~ ~s("loss": "mse")
 
-    Mix.Tasks.Dqn.Eval.run(["--checkpoint", Path.join([dir, "vec", "final.ckpt"]), "--episodes", "2", "--json"])
+    Mix.Tasks.Dqn.Eval.run([
+      "--checkpoint",
+      Path.join([dir, "vec", "final.ckpt"]),
+      "--episodes",
+      "2",
+      "--json"
+    ])
+
     assert [json] = Enum.filter(messages(), &String.starts_with?(&1, "{"))
     assert json =~ ~s("episodes": 2)
   end
@@ -64,23 +85,52 @@ defmodule Mix.Tasks.DqnTasksTest do
   test "bad options raise with a helpful message" do
     train = &Mix.Tasks.Dqn.Train.run/1
 
-    assert_raise Mix.Error, ~r/unknown option --stpes \(did you mean --steps\?\)/, fn -> train.(~w(--stpes 10)) end
-    assert_raise Mix.Error, ~r/--steps expects an integer, got "many"/, fn -> train.(~w(--steps many)) end
-    assert_raise Mix.Error, ~r/--steps must be a positive integer, got -5/, fn -> train.(~w(--steps -5)) end
-    assert_raise Mix.Error, ~r/--envs must be a positive integer, got 0/, fn -> train.(~w(--envs 0)) end
+    assert_raise Mix.Error, ~r/unknown option --stpes \(did you mean --steps\?\)/, fn ->
+      train.(~w(--stpes 10))
+    end
+
+    assert_raise Mix.Error, ~r/--steps expects an integer, got "many"/, fn ->
+      train.(~w(--steps many))
+    end
+
+    assert_raise Mix.Error, ~r/--steps must be a positive integer, got -5/, fn ->
+      train.(~w(--steps -5))
+    end
+
+    assert_raise Mix.Error, ~r/--envs must be a positive integer, got 0/, fn ->
+      train.(~w(--envs 0))
+    end
+
     assert_raise Mix.Error, ~r/unexpected argument "extra"/, fn -> train.(~w(extra)) end
     assert_raise Mix.Error, ~r/--set expects KEY=VALUE/, fn -> train.(~w(--set lr)) end
-    assert_raise Mix.Error, ~r/--python \/nope: no such file/, fn -> train.(~w(--python /nope)) end
+
+    assert_raise Mix.Error, ~r/--python \/nope: no such file/, fn ->
+      train.(~w(--python /nope))
+    end
 
     assert_raise Mix.Error, ~r/unknown config key 'lrr'; allowed keys: /, fn ->
       train.(~w(--set lrr=0.1 --steps 10 --no-progress --runs-dir) ++ [System.tmp_dir!()])
     end
 
-    assert_raise Mix.Error, ~r/give --checkpoint PATH or --name NAME/, fn -> Mix.Tasks.Dqn.Eval.run([]) end
-    assert_raise Mix.Error, ~r/no checkpoint at runs\/none\/best.ckpt/, fn -> Mix.Tasks.Dqn.Eval.run(~w(--name none)) end
-    assert_raise Mix.Error, ~r/--episodes must be a positive integer/, fn -> Mix.Tasks.Dqn.Eval.run(~w(--name x --episodes 0)) end
-    assert_raise Mix.Error, ~r/unknown option --fast/, fn -> Mix.Tasks.Dqn.Bench.run(~w(--fast)) end
-    assert_raise Mix.Error, ~r/--calls expects an integer/, fn -> Mix.Tasks.Dqn.Bench.run(~w(--calls lots)) end
+    assert_raise Mix.Error, ~r/give --checkpoint PATH or --name NAME/, fn ->
+      Mix.Tasks.Dqn.Eval.run([])
+    end
+
+    assert_raise Mix.Error, ~r/no checkpoint at runs\/none\/best.ckpt/, fn ->
+      Mix.Tasks.Dqn.Eval.run(~w(--name none))
+    end
+
+    assert_raise Mix.Error, ~r/--episodes must be a positive integer/, fn ->
+      Mix.Tasks.Dqn.Eval.run(~w(--name x --episodes 0))
+    end
+
+    assert_raise Mix.Error, ~r/unknown option --fast/, fn ->
+      Mix.Tasks.Dqn.Bench.run(~w(--fast))
+    end
+
+    assert_raise Mix.Error, ~r/--calls expects an integer/, fn ->
+      Mix.Tasks.Dqn.Bench.run(~w(--calls lots))
+    end
   end
 
   test "every task has a shortdoc and documents its options" do
