@@ -18,7 +18,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from bridge import learner
+from bridge import learner, network
 from bridge.config import DQNConfig
 from bridge.replay import ReplayBuffer
 
@@ -54,7 +54,7 @@ class Agent:
             config = config.replace(obs_dim=config.obs_dim or obs_dim, n_actions=config.n_actions or n_actions)
         self.config = config
         self.obs_dim, self.n_actions = int(config.obs_dim), int(config.n_actions)
-        self.state = learner.init_state(config, self.obs_dim, self.n_actions)
+        self.set_state(learner.init_state(config, self.obs_dim, self.n_actions))
         self._train_step = learner.make_train_step(config, self.obs_dim)
         self.replay = ReplayBuffer(config.buffer_size, self.obs_dim, config.gamma, config.n_step,
                                    config.prioritized, config.per_alpha, config.per_eps)
@@ -148,15 +148,31 @@ class Agent:
         actions = self._act(batch, greedy)
         return int(actions[0]) if single else actions
 
+    def set_state(self, state: learner.TrainState) -> None:
+        """Replace the learner state (used by checkpoint loading)."""
+        self.state = state
+        self.flat_params = learner.flatten_params(state.params)  # device copy; see _host_params
+        self._host_cache: list | None = None
+
+    def _host_params(self) -> list:
+        """The online params as numpy arrays, fetched (one transfer) only after they changed.
+
+        Acting runs on the host: a forward pass of a small net in numpy costs a few
+        microseconds, a device dispatch tens, and the BEAM waits for every one of them.
+        """
+        if self._host_cache is None:
+            self._host_cache = network.unflatten_host(np.asarray(self.flat_params), self.state.params)
+        return self._host_cache
+
     def _act(self, batch: np.ndarray, greedy: bool) -> np.ndarray:
         n = len(batch)
         if greedy:
-            return np.asarray(learner.greedy_actions(self.state.params, batch, self.config.dueling))
+            return learner.greedy_actions(self._host_params(), batch, self.config.dueling)
         explore = self.rng.random(n) < self.epsilon
         random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
         if explore.all():  # no network call at all while exploring
             return random_actions
-        best = np.asarray(learner.greedy_actions(self.state.params, batch, self.config.dueling))
+        best = learner.greedy_actions(self._host_params(), batch, self.config.dueling)
         return np.where(explore, random_actions, best)
 
     # -------------------------------------------------------------- learning
@@ -199,7 +215,8 @@ class Agent:
 
     def _update(self) -> None:
         packed, idx = self.replay.sample(self.config.batch_size, self.rng, self.per_beta)
-        self.state, self.last_loss, self.last_q_mean, abs_td = self._train_step(self.state, packed)
+        self.state, self.flat_params, self.last_loss, self.last_q_mean, abs_td = self._train_step(self.state, packed)
+        self._host_cache = None
         self.updates += 1
         if self.replay.prioritized:
             self.replay.update_priorities(idx, np.asarray(abs_td))

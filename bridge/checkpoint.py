@@ -133,12 +133,12 @@ def load(path: str | os.PathLike) -> Any:
     try:
         agent = Agent(data["config"])
         fresh = agent.state
-        agent.state = TrainState(
+        agent.set_state(TrainState(
             _unpack_tree(fresh.params, data["params"], "params"),
             _unpack_tree(fresh.target_params, data["target_params"], "target params"),
             _unpack_tree(fresh.opt_state, data["opt_state"], "optimizer state"),
             jnp.asarray(data["counters"]["updates"], jnp.int32),
-        )
+        ))
         agent.env_steps = int(data["counters"]["env_steps"])
         agent.episodes = int(data["counters"]["episodes"])
         agent.updates = int(data["counters"]["updates"])

@@ -1,4 +1,4 @@
-"""The learning core: a TrainState pytree and the jitted `greedy_actions` / `train_step`.
+"""The learning core: a TrainState pytree and the jitted `train_step`.
 
 At CartPole scale the cost of a step is per-call overhead, not arithmetic, so a train step
 takes one packed float32 array (one host-to-device transfer) and does everything else —
@@ -16,6 +16,7 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from bridge import network
@@ -77,7 +78,10 @@ def td_target(q_next_online: jax.Array, q_next_target: jax.Array, returns: jax.A
 
 
 def make_train_step(config: DQNConfig, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
-    """Build the jitted `train_step(state, packed) -> (state, loss, q_mean, abs_td)`."""
+    """Build the jitted `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
+
+    flat_params is `network.flatten` of the new online params, for acting on the host.
+    """
     optimizer = make_optimizer(config)
     dueling, double_dqn = config.dueling, config.double_dqn
     d = obs_dim
@@ -110,12 +114,14 @@ def make_train_step(config: DQNConfig, obs_dim: int) -> Callable[[TrainState, ja
             target = jax.tree.map(lambda o, t: jnp.where(copy, o, t), params, state.target_params)
         else:
             target = optax.incremental_update(params, state.target_params, config.tau)
-        return TrainState(params, target, opt_state, n), loss, q_mean, abs_td
+        return TrainState(params, target, opt_state, n), network.flatten(params), loss, q_mean, abs_td
 
     return train_step
 
 
-@partial(jax.jit, static_argnums=2)
-def greedy_actions(params: network.Params, obs: jax.Array, dueling: bool) -> jax.Array:
-    """argmax_a Q(obs, a) for a (batch, obs_dim) batch -> (batch,) int32."""
-    return jnp.argmax(network.apply(params, obs, dueling), axis=1).astype(jnp.int32)
+flatten_params = jax.jit(network.flatten)
+
+
+def greedy_actions(host_params: list, obs: np.ndarray, dueling: bool) -> np.ndarray:
+    """argmax_a Q(obs, a) on the host, for a (batch, obs_dim) batch -> (batch,) int32."""
+    return np.argmax(network.apply(host_params, obs, dueling, xp=np), axis=1).astype(np.int32)
