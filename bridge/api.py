@@ -115,15 +115,16 @@ def _greedy(opts) -> bool:
 def new_agent(config=None) -> tuple[str, int]:
     """A new agent from a config map or keyword list (nil or omitted = defaults).
 
-    Keys are `bridge.config.DQNConfig` fields; an unknown key or a wrong type is refused
-    with a message naming it and listing the allowed keys.
+    Keys are `bridge.config.DQNConfig` fields; the tuned preset of `env_id` (if any) fills
+    the fields not given. An unknown key or a wrong type is refused with a message naming
+    it and listing the allowed keys.
     Returns: the agent handle `("agent", n)`.
     """
     from bridge.agent import Agent
     from bridge.config import DQNConfig
     from bridge.envs import check_registered
 
-    config = DQNConfig.from_mapping(None if is_nil(config) else config)
+    config = DQNConfig.for_env(None if is_nil(config) else config)
     if config.obs_dim is None or config.n_actions is None:
         check_registered(config.env_id)  # Agent makes the env to read its dimensions
     return _issue(_agents, "agent", Agent(config))

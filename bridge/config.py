@@ -66,11 +66,29 @@ class DQNConfig:
 
         >>> DQNConfig.from_mapping({b"lr": 3e-4, "gamma": 0.98}).lr
         0.0003
-        >>> DQNConfig.from_mapping({"lr ": 1})
+        >>> DQNConfig.from_mapping({"lr ": 1})  # doctest: +ELLIPSIS
         Traceback (most recent call last):
         ...
         ValueError: unknown config key 'lr '; allowed keys: ...
         """
+        config = cls(**cls._values(mapping, overrides))
+        config.validate()
+        return config
+
+    @classmethod
+    def for_env(cls, mapping: Mapping[Any, Any] | None = None, **overrides: Any) -> "DQNConfig":
+        """Like `from_mapping`, with the tuned preset of its env_id filling the fields it leaves unset.
+
+        >>> DQNConfig.for_env({"env_id": "Acrobot-v1", "lr": 1e-3}).hidden_sizes
+        (128, 128)
+        """
+        given = cls._values(mapping, overrides)
+        env_id = given.get("env_id", cls.env_id)
+        return cls.from_mapping({**PRESETS.get(env_id, {}), **given})
+
+    @classmethod
+    def _values(cls, mapping: Any, overrides: Mapping[str, Any]) -> dict[str, Any]:
+        """{field name: coerced value} for each key given; raises naming an unknown key or a bad value."""
         items: list[tuple[Any, Any]] = []
         if mapping is None:
             pass
@@ -88,9 +106,7 @@ class DQNConfig:
             if key not in known:
                 raise ValueError(f"unknown config key {key!r}; allowed keys: {', '.join(known)}")
             values[key] = _coerce(key, known[key].default, raw_value)
-        config = cls(**values)
-        config.validate()
-        return config
+        return values
 
     def replace(self, **changes: Any) -> "DQNConfig":
         """A copy with `changes` applied and checked like `from_mapping`."""
@@ -159,7 +175,7 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 def preset(env_id: str, **overrides: Any) -> DQNConfig:
     """The tuned defaults for `env_id` (plain defaults for an env without a preset)."""
-    return DQNConfig.from_mapping({"env_id": env_id, **PRESETS.get(env_id, {})}, **overrides)
+    return DQNConfig.for_env({"env_id": env_id}, **overrides)
 
 
 # ------------------------------------------------------------------- coercion

@@ -305,3 +305,11 @@ def test_train_freq_counts_vector_steps_so_n_envs_share_one_training_round():
         agent.step(obs, 1.0, False, False)
     assert agent.env_steps == 40 and agent.vector_steps == 10
     assert agent.updates == (10 // 2) * 3
+
+
+def test_presets_fill_only_the_fields_not_given():
+    c = DQNConfig.for_env({"env_id": "Acrobot-v1", "lr": 1e-3})
+    assert c.hidden_sizes == (128, 128) and c.lr == 1e-3 and c.target_update_interval == 500
+    assert DQNConfig.for_env({"hidden_sizes": [8]}) == DQNConfig(hidden_sizes=(8,))
+    with pytest.raises(ValueError, match="unknown config key 'lrate'"):
+        DQNConfig.for_env({"env_id": "Acrobot-v1", "lrate": 1})
