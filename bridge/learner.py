@@ -11,8 +11,10 @@ where the bootstrap discount is gamma**k for a k-step transition and 0 when it t
 
 from __future__ import annotations
 
+import functools
+import types
 from functools import partial
-from typing import Callable, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +39,7 @@ def packed_width(obs_dim: int) -> int:
     return 2 * obs_dim + 4
 
 
-def make_optimizer(config: DQNConfig) -> optax.GradientTransformation:
+def make_optimizer(config: Any) -> optax.GradientTransformation:
     """Gradient clipping (when max_grad_norm > 0) followed by the configured optimizer."""
     opt = {
         "adam": lambda: optax.adam(config.lr),
@@ -77,11 +79,23 @@ def td_target(q_next_online: jax.Array, q_next_target: jax.Array, returns: jax.A
     return jax.lax.stop_gradient(returns + discounts * bootstrap)
 
 
+# The config fields a train step depends on: agents that agree on them share one compiled step.
+_TRAIN_STEP_FIELDS = ("optimizer", "lr", "max_grad_norm", "loss", "dueling", "double_dqn",
+                      "target_update", "target_update_interval", "tau")
+
+
 def make_train_step(config: DQNConfig, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
-    """Build the jitted `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
+    """The jitted `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
 
     flat_params is `network.flatten` of the new online params, for acting on the host.
+    Built once per distinct setting, so a restarted or second agent compiles nothing.
     """
+    return _build_train_step(tuple(getattr(config, f) for f in _TRAIN_STEP_FIELDS), obs_dim)
+
+
+@functools.lru_cache(maxsize=16)
+def _build_train_step(settings: tuple, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
+    config = types.SimpleNamespace(**dict(zip(_TRAIN_STEP_FIELDS, settings)))
     optimizer = make_optimizer(config)
     dueling, double_dqn = config.dueling, config.double_dqn
     d = obs_dim
