@@ -66,6 +66,6 @@ def main(args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.no_parent_watch:
-        watch_parent()
+        watch_parent(reply_fd=out_fd)
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes)
     return server.serve()

@@ -16,6 +16,7 @@ from __future__ import annotations
 import ctypes
 import inspect
 import os
+import select
 import signal
 import sys
 import threading
@@ -165,10 +166,15 @@ def _brief(value) -> str:
 _PR_SET_PDEATHSIG = 1
 
 
-def watch_parent(interval: float = 0.25) -> None:
+def watch_parent(interval: float = 0.25, reply_fd: int | None = None) -> None:
     """Make this process exit when its parent dies, even while the main thread is busy
     (in a JIT compile, say): the kernel sends SIGKILL on parent death where prctl exists,
     and a daemon thread polls the parent pid and calls os._exit as the portable backstop.
+
+    Given `reply_fd`, the thread also exits (status 0) once nobody can read our replies:
+    the BEAM closed the port, or the process owning it was killed while the BEAM lives on.
+    The main thread would only notice at its next write, after a call that may run for
+    minutes. A pipe's write end polls as POLLERR when its read end is closed.
 
     Note: Linux delivers the signal when the *thread* that spawned us ends; a parent that
     starts the server from a short-lived thread should pass --no-parent-watch.
@@ -183,11 +189,19 @@ def watch_parent(interval: float = 0.25) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(3)
 
+    replies = None
+    if reply_fd is not None:
+        replies = select.poll()
+        replies.register(reply_fd, 0)  # POLLERR, POLLHUP and POLLNVAL are always reported
+
     def poll() -> None:
         while True:
             time.sleep(interval)
             if os.getppid() != parent:
                 os.write(2, b"bridge serve: parent process is gone; exiting\n")
                 os._exit(3)
+            if replies is not None and replies.poll(0):
+                os.write(2, b"bridge serve: the reply pipe is closed; exiting\n")
+                os._exit(0)
 
     threading.Thread(target=poll, name="bridge-parent-watch", daemon=True).start()
