@@ -166,9 +166,10 @@ class Agent:
 
     def _act(self, batch: np.ndarray, greedy: bool) -> np.ndarray:
         n = len(batch)
-        if greedy:
+        epsilon = self.epsilon
+        if greedy or epsilon <= 0.0:
             return learner.greedy_actions(self._host_params(), batch, self.config.dueling)
-        explore = self.rng.random(n) < self.epsilon
+        explore = self.rng.random(n) < epsilon
         random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
         if explore.all():  # no network call at all while exploring
             return random_actions
