@@ -55,7 +55,7 @@ class Agent:
         self.config = config
         self.obs_dim, self.n_actions = int(config.obs_dim), int(config.n_actions)
         self.set_state(learner.init_state(config, self.obs_dim, self.n_actions))
-        self._train_step = learner.make_train_step(config, self.obs_dim)
+        self._train_step = learner.make_train_step(config, self.state, self.obs_dim)
         self.replay = ReplayBuffer(config.buffer_size, self.obs_dim, config.gamma, config.n_step,
                                    config.prioritized, config.per_alpha, config.per_eps)
         self.rng = np.random.Generator(np.random.PCG64(config.seed))
@@ -106,11 +106,9 @@ class Agent:
         """A per-slot column of length n (a scalar applies to every slot)."""
         try:
             arr = np.asarray(value, dtype=np.float64)
-            if dtype == np.int64:
-                if not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
-                    raise ValueError
-                arr = arr.astype(np.int64)
-        except (TypeError, ValueError):
+            if dtype == np.int64 and not (np.isfinite(arr).all() and (arr == np.round(arr)).all()):
+                raise ValueError
+        except (TypeError, ValueError, OverflowError):
             kind = "an integer action" if dtype == np.int64 else "a number"
             raise ValueError(f"{name} must be {kind} per env slot, got {_show(value)}") from None
         if arr.ndim == 0:
@@ -120,9 +118,9 @@ class Agent:
         if dtype == np.float64 and not np.isfinite(arr).all():
             raise ValueError(f"{name} contains a non-finite value: {arr.tolist()}")
         if dtype == np.int64 and ((arr < 0) | (arr >= self.n_actions)).any():
-            bad = arr[(arr < 0) | (arr >= self.n_actions)][0]
+            bad = arr[(arr < 0) | (arr >= self.n_actions)][0]  # checked before the cast, which could wrap
             raise ValueError(f"{name} {int(bad)} is out of range; allowed actions are 0..{self.n_actions - 1}")
-        return arr
+        return arr.astype(np.int64) if dtype == np.int64 else arr
 
     @staticmethod
     def _flags(value: Any, n: int, name: str) -> np.ndarray:

@@ -517,10 +517,13 @@ def as_int(value, what: str) -> int:
 def as_float(value, what: str) -> float:
     """float from an int or float, or the atoms :nan, :infinity, :neg_infinity."""
     kind = type(value)
-    if kind is float or kind is int:
-        return float(value)
-    if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
-        return float(value)
+    try:
+        if kind is float or kind is int:
+            return float(value)
+        if isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, bool):
+            return float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ValueError(f"{what} is too large for a float, got {describe(value)}") from None
     special = _NON_FINITE.get(atom_name(value) or "")
     if special is not None:
         return special
