@@ -84,13 +84,28 @@ _TRAIN_STEP_FIELDS = ("optimizer", "lr", "max_grad_norm", "loss", "dueling", "do
                       "target_update", "target_update_interval", "tau")
 
 
-def make_train_step(config: DQNConfig, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
-    """The jitted `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
+def make_train_step(config: DQNConfig, state: TrainState, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
+    """The compiled `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
 
     flat_params is `network.flatten` of the new online params, for acting on the host.
-    Built once per distinct setting, so a restarted or second agent compiles nothing.
+    Compiled ahead of time for `state`'s shapes and `config.batch_size`, so training never
+    pauses for JIT; built once per distinct setting, so a restarted or second agent with
+    the same shapes compiles nothing.
     """
-    return _build_train_step(tuple(getattr(config, f) for f in _TRAIN_STEP_FIELDS), obs_dim)
+    settings = tuple(getattr(config, f) for f in _TRAIN_STEP_FIELDS)
+    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(state))
+    return _compile_train_step(settings, obs_dim, config.batch_size, shapes, state)
+
+
+def _compile_train_step(settings, obs_dim, batch_size, shapes, state):
+    key = (settings, obs_dim, batch_size, shapes)
+    if key not in _COMPILED:
+        packed = jax.ShapeDtypeStruct((batch_size, packed_width(obs_dim)), jnp.float32)
+        _COMPILED[key] = _build_train_step(settings, obs_dim).lower(state, packed).compile()
+    return _COMPILED[key]
+
+
+_COMPILED: dict[tuple, Callable] = {}
 
 
 @functools.lru_cache(maxsize=16)

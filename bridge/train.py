@@ -50,8 +50,8 @@ class TrainResult:
     """What a training run measured."""
 
     steps: int
-    wall_seconds: float
-    steps_per_second: float
+    wall_seconds: float  # everything: agent creation and JIT compilation included
+    steps_per_second: float  # env steps per second of the training loop (after the agent is built)
     best_eval: float = -math.inf  # best mean greedy return seen
     best_step: int | None = None  # env step at which it was seen
     solved_step: int | None = None  # first env step whose eval reached the target
@@ -94,7 +94,8 @@ def train(config: DQNConfig, total_steps: int, *, eval_every: int = 1000, eval_e
     learning_curve.png are written there.
     """
     start = time.perf_counter()
-    agent = Agent(config)
+    agent = Agent(config)  # compiles the train step
+    loop_start = time.perf_counter()
     env = gym.make(config.env_id)
     result = TrainResult(0, 0.0, 0.0)
     writer = None
@@ -156,7 +157,7 @@ def train(config: DQNConfig, total_steps: int, *, eval_every: int = 1000, eval_e
         if writer:
             metrics_file.close()
     result.wall_seconds = time.perf_counter() - start
-    result.steps_per_second = result.steps / result.wall_seconds
+    result.steps_per_second = result.steps / (time.perf_counter() - loop_start)
     if run_dir:
         agent.save(os.path.join(run_dir, "final.ckpt"))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:

@@ -173,8 +173,10 @@ defmodule Mix.Tasks.Dqn.Bench do
     {:ok, _} = Python.call(py, :ping, [:warm])
 
     try do
-      t0 = System.monotonic_time()
+      # Like `python -m bridge train`'s steps/s: the clock starts once the agent (and its
+      # compiled train step) exists.
       {:ok, agent} = Agent.start_link(python: py, config: [seed: opts[:seed]])
+      t0 = System.monotonic_time()
       env = if n_envs == 1, do: CartPole.new(), else: Vector.new(CartPole.new(), n_envs)
       state = agent |> Loop.dqn(env) |> Loop.run(steps: opts[:steps], seed: opts[:seed])
 
