@@ -194,8 +194,10 @@ def test_fused_step_stores_one_transition_per_slot_and_uses_final_obs():
 
 # -------------------------------------------------------------- checkpoints
 
-def _drive(agent, env, obs, steps):
-    action = agent.step(obs)
+def _drive(agent, env, obs, steps, action=None):
+    """Fused-step training for `steps` env steps; starts by acting on `obs` unless given `action`."""
+    if action is None:
+        action = agent.step(obs)
     for _ in range(steps):
         obs, r, term, trunc, _ = env.step(action)
         final = None
@@ -225,13 +227,7 @@ def test_resume_from_checkpoint_is_bit_identical_to_a_straight_run(tmp_path, pri
             del agent
             agent = Agent.load(path)
             # the fused step remembers the last action; continue from it exactly
-            action = agent.prev_action[0]
-            for _ in range(400 - split):
-                obs, r, term, trunc, _ = env.step(action)
-                final = None
-                if term or trunc:
-                    final, (obs, _) = obs, env.reset()
-                action = agent.step(obs, r, term, trunc, final_obs=final)
+            _drive(agent, env, obs, 400 - split, action=agent.prev_action[0])
         return agent
 
     straight = run(400)
