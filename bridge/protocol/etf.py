@@ -102,6 +102,20 @@ def _need(data: bytes, i: int, n: int) -> None:
                           f"only {len(data) - i} left")
 
 
+def _decode_items(data, i: int, n: int) -> tuple[list, int]:
+    """n consecutive terms from offset i (tuple or list elements); floats take a fast path."""
+    items = []
+    append = items.append
+    for _ in range(n):
+        if data[i] == 70:  # NEW_FLOAT_EXT
+            append(_unpack_double(data, i + 1)[0])
+            i += 9
+        else:
+            value, i = _decode_at(data, i)
+            append(value)
+    return items, i
+
+
 def _decode_at(data: bytes, i: int):
     """Decode the term starting at `data[i]`; returns (value, index after it).
 
@@ -120,17 +134,7 @@ def _decode_at(data: bytes, i: int):
             raise IndexError
         return _atom(data[i + 1:end], tag == 119), end
     if tag == 104:  # SMALL_TUPLE_EXT
-        n = data[i]
-        i += 1
-        items = []
-        append = items.append
-        for _ in range(n):
-            if data[i] == 70:
-                append(_unpack_double(data, i + 1)[0])
-                i += 9
-            else:
-                value, i = _decode_at(data, i)
-                append(value)
+        items, i = _decode_items(data, i + 1, data[i])
         return tuple(items), i
     if tag == 108:  # LIST_EXT
         n = _unpack_u32(data, i)[0]
@@ -140,15 +144,7 @@ def _decode_at(data: bytes, i: int):
             items = np.frombuffer(data, dtype=_TAGGED_DOUBLE, count=n, offset=i)["value"].tolist()
             i += 9 * n
         else:
-            items = []
-            append = items.append
-            for _ in range(n):
-                if data[i] == 70:
-                    append(_unpack_double(data, i + 1)[0])
-                    i += 9
-                else:
-                    value, i = _decode_at(data, i)
-                    append(value)
+            items, i = _decode_items(data, i, n)
         if data[i] != 106:
             raise DecodeError(f"improper list (a list whose tail is not []) at offset {i}: "
                               "improper lists are not accepted")
