@@ -51,8 +51,11 @@ defmodule DQNBridge.Reliability.NoOrphanTest do
   end
   """
 
-  test "SIGKILL of a BEAM running an agent: its Python process is gone within 2 s, 20/20" do
-    modes = Stream.cycle([:idle, :compile, :train]) |> Enum.take(20)
+  @tag :tmp_dir
+  test "SIGKILL of a BEAM running an agent: its Python process is gone within 2 s, 20/20", %{
+    tmp_dir: dir
+  } do
+    modes = Stream.cycle([:idle, :compile, :train]) |> Enum.take(20) |> Enum.map(&{&1, dir})
 
     results =
       modes
@@ -131,7 +134,7 @@ defmodule DQNBridge.Reliability.NoOrphanTest do
     Process.sleep(300)
   end
 
-  defp kill_child_beam(mode) do
+  defp kill_child_beam({mode, dir}) do
     ebin = DQNBridge.Agent |> :code.which() |> to_string() |> Path.dirname()
 
     port =
@@ -141,7 +144,7 @@ defmodule DQNBridge.Reliability.NoOrphanTest do
         :stderr_to_stdout,
         {:line, 16_384},
         args: ["-pa", ebin, "-e", @child_script, to_string(mode)],
-        env: [{~c"BUSY_CONFIG", to_charlist(inspect(@busy_config))}]
+        env: [{~c"BUSY_CONFIG", to_charlist(inspect(@busy_config))} | jax_cache(mode, dir)]
       ])
 
     [beam, python] =
@@ -213,4 +216,15 @@ defmodule DQNBridge.Reliability.NoOrphanTest do
       )
     end
   end
+
+  # Children killed while training need not compile for real: JAX's persistent cache
+  # saves them ~1 s each. Those killed while compiling must compile.
+  defp jax_cache(:train, dir) do
+    [
+      {~c"JAX_COMPILATION_CACHE_DIR", to_charlist(Path.join(dir, "jax_cache"))},
+      {~c"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", ~c"0"}
+    ]
+  end
+
+  defp jax_cache(_mode, _dir), do: []
 end
