@@ -71,6 +71,13 @@ defmodule DQNBridge.Agent do
   so that it knows which calls were in flight. Gym envs made in the agent's
   Python process (`python/1`) die with it; restart covers the agent only.
   `health/1` reports the restarts.
+
+  What a restart loses: the env steps since the last autosave (their transitions,
+  updates and counters), and the first `step/6` after it stores one transition
+  that joins the checkpoint's last observation to the current one. A restart
+  takes as long as starting Python and compiling the agent again, a few seconds;
+  JAX's persistent compilation cache brings it to about one:
+  `python: [env: [{"JAX_COMPILATION_CACHE_DIR", dir}, {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"}]]`.
   """
 
   use GenServer
