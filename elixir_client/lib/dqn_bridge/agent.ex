@@ -100,7 +100,7 @@ defmodule DQNBridge.Agent do
 
   @typedoc "Why a call failed."
   @type error ::
-          {:error, PythonError.t() | :timeout | {:python_exited, non_neg_integer()}}
+          {:error, PythonError.t() | :timeout | {:python_exited, non_neg_integer() | atom()}}
 
   @typedoc "One transition, or a batch of them (one row per env slot)."
   @type transition :: %{
@@ -488,7 +488,14 @@ defmodule DQNBridge.Agent do
       end
 
     checkpoint = with {:load, path} <- state.restore, do: path, else: (_ -> nil)
-    {:reply, %{restarts: state.restarts, last_exit: state.last_exit, os_pid: os_pid, checkpoint: checkpoint}, state}
+
+    {:reply,
+     %{
+       restarts: state.restarts,
+       last_exit: state.last_exit,
+       os_pid: os_pid,
+       checkpoint: checkpoint
+     }, state}
   end
 
   def handle_call(:python, _from, state), do: {:reply, state.python, state}
@@ -507,7 +514,9 @@ defmodule DQNBridge.Agent do
     end
   end
 
-  def handle_info({:EXIT, python, reason}, %{python: python, restart: nil} = state), do: {:stop, reason, state}
+  def handle_info({:EXIT, python, reason}, %{python: python, restart: nil} = state),
+    do: {:stop, reason, state}
+
   def handle_info({:EXIT, python, reason}, %{python: python} = state), do: restart(state, reason)
   # An earlier Python process (or one a failed restore gave up on) reporting its end.
   def handle_info({:EXIT, _pid, _reason}, state), do: {:noreply, state}
@@ -519,10 +528,13 @@ defmodule DQNBridge.Agent do
     state = %{state | last_exit: reason, restart_times: recent}
 
     with :ok <- check_restart_rate(recent, state.restart, reason),
-         Logger.warning("DQNBridge.Agent: Python exited (#{inspect(reason)}); restarting from #{describe(state.restore)}"),
+         Logger.warning(
+           "DQNBridge.Agent: Python exited (#{inspect(reason)}); restarting from #{describe(state.restore)}"
+         ),
          {:ok, python, true} <- start_python(state.python_opts),
          {:ok, handle} <- restore_agent(python, state.restore, true) do
-      {:noreply, resend_pending(%{state | python: python, handle: handle, restarts: state.restarts + 1})}
+      {:noreply,
+       resend_pending(%{state | python: python, handle: handle, restarts: state.restarts + 1})}
     else
       {:error, error} -> {:stop, {:restart_failed, error}, state}
     end
@@ -545,7 +557,14 @@ defmodule DQNBridge.Agent do
     |> Enum.reduce(%{state | pending: %{}}, fn {_seq, {origin, function, args, attempt}}, state ->
       if attempt < 2,
         do: send_call(state, origin, function, args, attempt + 1),
-        else: delivered(state, origin, function, args, {:error, {:python_exited, exit_status(state.last_exit)}})
+        else:
+          delivered(
+            state,
+            origin,
+            function,
+            args,
+            {:error, {:python_exited, exit_status(state.last_exit)}}
+          )
     end)
   end
 
@@ -556,12 +575,20 @@ defmodule DQNBridge.Agent do
   defp send_call(state, origin, function, args, attempt) do
     seq = state.next_seq
     Python.forward(state.python, {self(), {__MODULE__, seq}}, function, [state.handle | args])
-    %{state | next_seq: seq + 1, pending: Map.put(state.pending, seq, {origin, function, args, attempt})}
+
+    %{
+      state
+      | next_seq: seq + 1,
+        pending: Map.put(state.pending, seq, {origin, function, args, attempt})
+    }
   end
 
   defp delivered(state, {:caller, from}, function, args, reply) do
     GenServer.reply(from, reply)
-    if function == :save and match?({:ok, _}, reply), do: %{state | restore: {:load, hd(args)}}, else: state
+
+    if function == :save and match?({:ok, _}, reply),
+      do: %{state | restore: {:load, hd(args)}},
+      else: state
   end
 
   defp delivered(state, :autosave, :save, [path], reply) do
@@ -617,8 +644,13 @@ defmodule DQNBridge.Agent do
 
   defp final_save(state) do
     case Python.call(state.python, :save, [state.handle, state.autosave.path], 5_000) do
-      {:ok, _} -> :ok
-      {:error, error} -> Logger.error("DQNBridge.Agent: final autosave to #{state.autosave.path} failed: #{inspect(error)}")
+      {:ok, _} ->
+        :ok
+
+      {:error, error} ->
+        Logger.error(
+          "DQNBridge.Agent: final autosave to #{state.autosave.path} failed: #{inspect(error)}"
+        )
     end
   catch
     :exit, _python_gone -> :ok

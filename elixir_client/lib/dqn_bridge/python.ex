@@ -12,7 +12,9 @@ defmodule DQNBridge.Python do
   up (`{:error, :timeout}`) never receives the late reply: `GenServer.call/3`
   waits on an alias that is deactivated on timeout, so the reply is dropped.
   If Python exits, every waiting caller gets `{:error, {:python_exited, status}}`
-  and the server stops with `{:shutdown, {:python_exited, status}}`.
+  and the server stops with `{:shutdown, {:python_exited, status}}`; `status` is
+  Python's exit status, or the port's exit reason (`:epipe`) when the port ended
+  on a write to a Python that had just died, before any status came.
   When the server stops for any reason it closes the port (Python exits on end
   of input) and makes sure the OS process is gone.
 
@@ -33,7 +35,7 @@ defmodule DQNBridge.Python do
   @typedoc "What a call can return."
   @type result ::
           {:ok, term()}
-          | {:error, PythonError.t() | :timeout | {:python_exited, non_neg_integer()}}
+          | {:error, PythonError.t() | :timeout | {:python_exited, non_neg_integer() | atom()}}
 
   @doc """
   Starts the server and the Python process it owns.
@@ -177,12 +179,12 @@ defmodule DQNBridge.Python do
     end
   end
 
-  def handle_info({port, {:exit_status, status}}, %{port: port} = state) do
-    for {_id, from} <- state.pending,
-        do: GenServer.reply(from, {:error, {:python_exited, status}})
+  def handle_info({port, {:exit_status, status}}, %{port: port} = state),
+    do: python_exited(state, status)
 
-    {:stop, {:shutdown, {:python_exited, status}}, %{state | port: nil, pending: %{}}}
-  end
+  # A write to a Python that has just died ends the port with :epipe, and then no
+  # exit status ever comes: the port's exit reason stands in for it.
+  def handle_info({:EXIT, port, reason}, %{port: port} = state), do: python_exited(state, reason)
 
   # The parent's exit is handled by GenServer itself (terminate/2 runs); other
   # links, such as agents sharing this server, may come and go.
@@ -204,10 +206,25 @@ defmodule DQNBridge.Python do
     :ok
   end
 
+  defp python_exited(state, status) do
+    for {_id, from} <- state.pending,
+        do: GenServer.reply(from, {:error, {:python_exited, status}})
+
+    {:stop, {:shutdown, {:python_exited, status}}, %{state | port: nil, pending: %{}}}
+  end
+
   defp send_call(state, from, function, args) do
     id = state.next_id
     frame = :erlang.term_to_binary({:C, id, state.module, function, args}, minor_version: 1)
-    Port.command(state.port, frame)
+
+    # A closed port has its exit in our mailbox already: the call waits in
+    # `pending` and is answered {:python_exited, _} with the others.
+    try do
+      Port.command(state.port, frame)
+    rescue
+      ArgumentError -> :closed
+    end
+
     %{state | next_id: id + 1, pending: Map.put(state.pending, id, from)}
   end
 
