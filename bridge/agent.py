@@ -273,6 +273,14 @@ class Agent:
                 self._update()
         return int(actions[0]) if single else actions
 
+    def begin_episodes(self) -> None:
+        """Forget every slot's last observation and pending n-step steps: the next `step`
+        of each slot only acts. For envs reset outside an episode end, or a caller that
+        resumes from a checkpoint while its envs have moved on."""
+        self.prev_obs.clear()
+        self.prev_action.clear()
+        self.replay.pending.clear()
+
     # ------------------------------------------------------------------ misc
 
     def info(self) -> dict[str, Any]:

@@ -31,8 +31,8 @@ import numpy as np
 from bridge.protocol import (as_array, as_bool, as_float, as_int, as_options, as_text,
                              describe, is_nil, to_builtin)
 
-__all__ = ["new_agent", "select_action", "observe", "optimize", "step", "save", "load",
-           "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
+__all__ = ["new_agent", "select_action", "observe", "optimize", "step", "begin_episodes",
+           "save", "load", "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
            "ping"]
 
 _agents: dict[int, Any] = {}  # handle number -> bridge.agent.Agent
@@ -204,6 +204,14 @@ def info(handle) -> dict:
     """Counters and settings: env_steps, updates, episodes, epsilon, replay_size, obs_dim,
     n_actions, loss, q_mean (nil before the first update), config (a map)."""
     return to_builtin(_agent(handle).info(), "info")
+
+
+def begin_episodes(handle) -> None:
+    """Forget each env slot's last observation and pending n-step steps: the next `step`
+    only acts. Call it after resetting envs mid-episode, or after `load` when the envs
+    have moved on since the checkpoint was written."""
+    _agent(handle).begin_episodes()
+    return None
 
 
 def close(handle) -> None:

@@ -89,6 +89,10 @@ def info(handle):
     return to_elixir(api.info(handle))
 
 
+def begin_episodes(handle):
+    return _ok(api.begin_episodes(handle))
+
+
 def close(handle):
     return _ok(api.close(handle))
 

@@ -309,3 +309,16 @@ def test_presets_fill_only_the_fields_not_given():
     assert DQNConfig.for_env({"hidden_sizes": [8]}) == DQNConfig(hidden_sizes=(8,))
     with pytest.raises(ValueError, match="unknown config key 'lrate'"):
         DQNConfig.for_env({"env_id": "Acrobot-v1", "lrate": 1})
+
+
+def test_begin_episodes_makes_the_next_step_only_act():
+    agent = Agent({**SMALL, "n_step": 3})
+    obs = np.zeros((2, 4), np.float32)
+    agent.step(obs)
+    agent.step(obs, 1.0, False, False)
+    assert agent.env_steps == 2 and len(agent.replay.pending[0]) == 1
+    agent.begin_episodes()
+    agent.step(obs + 1, 1.0, False, False)  # envs moved on: no transition joins old and new
+    assert agent.env_steps == 2 and agent.replay.pending == {} and len(agent.replay) == 0
+    agent.step(obs, 1.0, False, False)
+    assert agent.env_steps == 4

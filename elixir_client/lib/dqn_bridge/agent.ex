@@ -73,8 +73,9 @@ defmodule DQNBridge.Agent do
   `health/1` reports the restarts.
 
   What a restart loses: the env steps since the last autosave (their transitions,
-  updates and counters), and the first `step/6` after it stores one transition
-  that joins the checkpoint's last observation to the current one. A restart
+  updates and counters), and the transition of the step in progress: after the
+  reload the agent calls `begin_episodes/2`, so the first `step/6` only acts and no
+  transition joins the checkpoint's last observation to the current one. A restart
   takes as long as starting Python and compiling the agent again, a few seconds;
   JAX's persistent compilation cache brings it to about one:
   `python: [env: [{"JAX_COMPILATION_CACHE_DIR", dir}, {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0"}]]`.
@@ -302,6 +303,16 @@ defmodule DQNBridge.Agent do
 
         call(agent, :step, args, opts[:timeout])
     end
+  end
+
+  @doc """
+  Forgets each env slot's last observation and pending n-step steps, so the next
+  `step/6` of every slot only acts. `DQNBridge.Loop.run/2` calls it before its first
+  step; call it yourself after resetting envs mid-episode.
+  """
+  @spec begin_episodes(t(), timeout()) :: :ok | error()
+  def begin_episodes(agent, timeout \\ @default_timeout) do
+    call(agent, :begin_episodes, [], timeout) |> nil_to_ok()
   end
 
   @doc "Writes a checkpoint (atomically) to `path`."
@@ -532,7 +543,10 @@ defmodule DQNBridge.Agent do
            "DQNBridge.Agent: Python exited (#{inspect(reason)}); restarting from #{describe(state.restore)}"
          ),
          {:ok, python, true} <- start_python(state.python_opts),
-         {:ok, handle} <- restore_agent(python, state.restore, true) do
+         {:ok, handle} <- restore_agent(python, state.restore, true),
+         # The envs moved on since the checkpoint: no transition may join its last
+         # observation to the next one.
+         {:ok, nil} <- Python.call(python, :begin_episodes, [handle], @start_timeout) do
       {:noreply,
        resend_pending(%{state | python: python, handle: handle, restarts: state.restarts + 1})}
     else

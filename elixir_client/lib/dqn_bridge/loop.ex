@@ -257,11 +257,17 @@ defmodule DQNBridge.Loop do
   defp merge(:continue, result), do: result
   defp merge(:halt_loop, {_, state}), do: {:halt_loop, state}
 
-  defp first_actions(loop, %State{batch?: false, obs: [obs]}) do
+  defp first_actions(loop, state) do
+    # A new run resets its envs: nothing may join an earlier run's last observation to them.
+    ok!(Agent.begin_episodes(loop.agent, loop.timeout), :begin_episodes)
+    first_step(loop, state)
+  end
+
+  defp first_step(loop, %State{batch?: false, obs: [obs]}) do
     [ok!(Agent.step(loop.agent, obs, 0.0, false, false, timeout: loop.timeout), :step)]
   end
 
-  defp first_actions(loop, %State{obs: obs}) do
+  defp first_step(loop, %State{obs: obs}) do
     falses = Enum.map(obs, fn _ -> false end)
     zeros = Enum.map(obs, fn _ -> 0.0 end)
     ok!(Agent.step(loop.agent, obs, zeros, falses, falses, timeout: loop.timeout), :step)

@@ -118,6 +118,18 @@ defmodule DQNBridge.AgentTest do
     assert %{env_steps: 44} = Agent.info(agent)
   end
 
+  test "begin_episodes/1: the next step of each slot only acts", %{agent: agent} do
+    batch = [@obs, @obs]
+    assert [_, _] = Agent.step(agent, batch, [0.0, 0.0], [false, false], [false, false])
+    assert [_, _] = Agent.step(agent, batch, [1.0, 1.0], [false, false], [false, false])
+    assert %{env_steps: 2} = Agent.info(agent)
+    assert :ok = Agent.begin_episodes(agent)
+    assert [_, _] = Agent.step(agent, batch, [1.0, 1.0], [false, false], [false, false])
+    assert %{env_steps: 2} = Agent.info(agent)
+    assert [_, _] = Agent.step(agent, batch, [1.0, 1.0], [false, false], [false, false])
+    assert %{env_steps: 4} = Agent.info(agent)
+  end
+
   @tag :tmp_dir
   test "save/2 and load/2 round-trip an agent through a checkpoint", %{
     agent: agent,
