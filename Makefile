@@ -42,7 +42,7 @@ train: setup
 
 bench: setup
 	$(VPY) -m bridge bench solve
-	$(VPY) -m bridge bench protocol
+	$(VPY) -m bridge bench protocol --cpu 0
 	MIX_ENV=dev mix dqn.bench
 
 clean:

@@ -57,6 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--cases", type=int, default=100_000,
                    help="fuzz: frames to send (default 100000)")
     g.add_argument("--fuzz-seed", type=int, default=0, help="fuzz: random seed (default 0)")
+    g.add_argument("--cpu", type=int, default=None, metavar="N",
+                   help="protocol: pin the client and the servers to CPU N (default: not pinned). On a "
+                        "small VM a round trip between two CPUs costs an idle CPU's wake-up, which "
+                        "varies run to run; on one CPU the numbers are stable")
     g.add_argument("--out-dir", default="bench/results",
                    help="protocol/fuzz/soak: folder for the JSON result (default bench/results)")
 
@@ -415,7 +419,10 @@ def bench_soak(calls: int) -> dict:
 
 def main(kind: str, args: argparse.Namespace) -> int:
     if kind == "protocol":
+        if args.cpu is not None:
+            os.sched_setaffinity(0, {args.cpu})  # the children inherit it
         result = bench_protocol(args.calls or 5000)
+        result["pinned_cpu"] = args.cpu
         path = _write(kind, args, result)
         _print_protocol(result)
     elif kind == "fuzz":
