@@ -5,6 +5,9 @@ VPY     := $(VENV)/bin/python
 STAMP   := $(VENV)/.installed
 export DQN_BRIDGE_PYTHON := $(abspath $(VPY))
 export MIX_ENV ?= test
+# The BEAM wants a UTF-8 locale for file names and terminal output.
+export LANG ?= C.UTF-8
+export ELIXIR_ERL_OPTIONS ?= +fnu
 
 .PHONY: setup setup-python setup-elixir test test-python test-elixir train bench clean
 
@@ -22,9 +25,9 @@ setup-elixir:
 	@if command -v elixir >/dev/null 2>&1; then :; \
 	elif [ "$$(id -u)" = "0" ] && command -v apt-get >/dev/null 2>&1; then \
 	  echo "installing Elixir/OTP from Debian..."; \
-	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir erlang-dev >/dev/null; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq elixir >/dev/null; \
 	else \
-	  echo "elixir is missing: install Elixir >= 1.14 and OTP >= 25 (Debian: sudo apt-get install elixir erlang-dev), then rerun"; exit 1; \
+	  echo "elixir is missing: install Elixir >= 1.14 and OTP >= 25 (Debian: sudo apt-get install elixir), then rerun"; exit 1; \
 	fi
 
 test: setup
