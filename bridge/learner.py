@@ -93,19 +93,16 @@ def make_train_step(config: DQNConfig, state: TrainState, obs_dim: int) -> Calla
     the same shapes compiles nothing.
     """
     settings = tuple(getattr(config, f) for f in _TRAIN_STEP_FIELDS)
-    shapes = tuple((tuple(x.shape), str(x.dtype)) for x in jax.tree.leaves(state))
-    return _compile_train_step(settings, obs_dim, config.batch_size, shapes, state)
+    leaves, treedef = jax.tree.flatten(state)
+    specs = tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves)
+    return _compile_train_step(settings, obs_dim, config.batch_size, treedef, specs)
 
 
-def _compile_train_step(settings, obs_dim, batch_size, shapes, state):
-    key = (settings, obs_dim, batch_size, shapes)
-    if key not in _COMPILED:
-        packed = jax.ShapeDtypeStruct((batch_size, packed_width(obs_dim)), jnp.float32)
-        _COMPILED[key] = _build_train_step(settings, obs_dim).lower(state, packed).compile()
-    return _COMPILED[key]
-
-
-_COMPILED: dict[tuple, Callable] = {}
+@functools.lru_cache(maxsize=32)
+def _compile_train_step(settings: tuple, obs_dim: int, batch_size: int, treedef, specs: tuple) -> Callable:
+    state = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs])
+    packed = jax.ShapeDtypeStruct((batch_size, packed_width(obs_dim)), jnp.float32)
+    return _build_train_step(settings, obs_dim).lower(state, packed).compile()
 
 
 @functools.lru_cache(maxsize=16)
