@@ -1,0 +1,1 @@
+[inputs: ["mix.exs", "elixir_client/{lib,test}/**/*.{ex,exs}"]]
