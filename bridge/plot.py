@@ -51,7 +51,7 @@ def plot_learning_curve(metrics_csv: str, out_png: str | None = None, title: str
     ax.set_title(title or os.path.basename(os.path.dirname(os.path.abspath(metrics_csv))) or "learning curve")
     ax.grid(alpha=0.3)
     if episodes or series["eval_return"]:
-        ax.legend(loc="lower right")
+        ax.legend(loc="best", framealpha=0.85)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(out_png)), exist_ok=True)
     fig.savefig(out_png)
