@@ -95,7 +95,9 @@ defmodule DQNBridge.LoopTest do
     assert for({:step_completed, step, _, _} <- events, do: step) == [50, 100, 150, 200]
     assert for({:episode_completed, _, episode, _} <- events, do: episode) == [1, 2]
     started = for {:episode_started, _, episode, _} <- events, do: episode + 1
-    assert started == Enum.filter(1..(state.episode + 1), &(rem(&1, 2) == 1))
+    # No episode starts after the last step, even when that step ended one.
+    assert state.episodes_started in [state.episode, state.episode + 1]
+    assert started == Enum.filter(1..state.episodes_started, &(rem(&1, 2) == 1))
   end
 
   test "a handler returning {:halt_loop, state} stops the loop after that event", %{agent: agent} do
