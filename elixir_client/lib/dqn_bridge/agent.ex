@@ -367,16 +367,10 @@ defmodule DQNBridge.Agent do
   def stop(agent, timeout \\ 10_000), do: GenServer.stop(agent, :normal, timeout)
 
   defp call(agent, function, args, timeout) do
-    case GenServer.call(agent, {:api, function, args}, timeout) do
+    case Python.call_or_error(agent, {:api, function, args}, timeout) do
       {:ok, result} -> result
       {:error, _} = error -> error
     end
-  catch
-    :exit, {:timeout, {GenServer, :call, _}} ->
-      {:error, :timeout}
-
-    :exit, {{:shutdown, {:python_exited, status}}, {GenServer, :call, _}} ->
-      {:error, {:python_exited, status}}
   end
 
   defp nil_to_ok(nil), do: :ok

@@ -75,7 +75,16 @@ defmodule DQNBridge.Python do
   @spec call(server(), atom(), list(), timeout()) :: result()
   def call(server, function, args, timeout \\ @default_timeout)
       when is_atom(function) and is_list(args) do
-    GenServer.call(server, {:call, function, args}, timeout)
+    call_or_error(server, {:call, function, args}, timeout)
+  end
+
+  @doc false
+  # `GenServer.call/3` with the two exits a caller of a Python call expects turned into
+  # results: a timeout, and a server that stopped because Python exited. Shared with
+  # `DQNBridge.Agent`, whose calls end the same two ways.
+  @spec call_or_error(GenServer.server(), term(), timeout()) :: term()
+  def call_or_error(server, request, timeout) do
+    GenServer.call(server, request, timeout)
   catch
     :exit, {:timeout, {GenServer, :call, _}} ->
       {:error, :timeout}
