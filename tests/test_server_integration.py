@@ -13,7 +13,7 @@ import time
 import pytest
 
 from bridge.protocol import Atom, encode
-from conftest import ROOT, PortClient, RemoteError
+from conftest import ROOT, PortClient
 
 pytestmark = pytest.mark.integration
 
