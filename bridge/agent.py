@@ -22,6 +22,8 @@ from bridge import learner, network
 from bridge.config import DQNConfig
 from bridge.replay import ReplayBuffer
 
+_F32_MAX = float(np.finfo(np.float32).max)
+
 
 def env_dims(env_id: str) -> tuple[int, int]:
     """(obs_dim, n_actions) of a gymnasium env with a flat Box observation and Discrete actions."""
@@ -145,6 +147,19 @@ class Agent:
         batch, single = self._obs(obs)
         actions = self._act(batch, greedy)
         return int(actions[0]) if single else actions
+
+    def act_values(self, values: tuple[float, ...], greedy: bool = False) -> int | None:
+        """`act` for one observation given as Python floats, with the checks done in
+        Python: the port's fast lane calls it for every `select_action` frame it
+        recognises. Returns None, consuming no randomness, when `values` is not an
+        observation `act` would accept as is (wrong length, or a value that is not a
+        finite float32); `act` then takes it and says what is wrong."""
+        if len(values) != self.obs_dim:
+            return None
+        for v in values:
+            if not -_F32_MAX <= v <= _F32_MAX:  # also False for NaN
+                return None
+        return int(self._act(np.array((values,), dtype=np.float32), greedy)[0])
 
     def set_state(self, state: learner.TrainState) -> None:
         """Replace the learner state (used by checkpoint loading)."""

@@ -30,6 +30,7 @@ import numpy as np
 
 from bridge.protocol import (as_array, as_bool, as_float, as_int, as_options, as_text,
                              describe, is_nil, to_builtin)
+from bridge.protocol.fastpath import parse_select_action, result_reply
 
 __all__ = ["new_agent", "select_action", "observe", "optimize", "step", "begin_episodes",
            "save", "load", "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
@@ -139,6 +140,22 @@ def select_action(handle, obs, opts=None):
     """
     agent = _agent(handle)
     return _actions_result(agent.act(_obs(obs), greedy=_greedy(opts)))
+
+
+def fast_reply(payload: bytes) -> bytes | None:
+    """The encoded reply to a `select_action` frame on one observation, computed without
+    the general decode/normalise/encode path; None for every other frame and for any
+    call this cannot answer as is (the server's general path then answers it, errors
+    included). Not in `__all__`: the server calls it before decoding a frame."""
+    call = parse_select_action(payload)
+    if call is None:
+        return None
+    call_id, number, values, greedy = call
+    agent = _agents.get(number)
+    if agent is None:
+        return None
+    action = agent.act_values(values, greedy)
+    return None if action is None else result_reply(call_id, action)
 
 
 def observe(handle, transition) -> None:

@@ -67,5 +67,8 @@ def main(args: argparse.Namespace) -> int:
         return 2
     if not args.no_parent_watch:
         watch_parent(reply_fd=out_fd)
-    server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes)
+    import bridge.api
+
+    server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
+                    fast_reply=bridge.api.fast_reply)
     return server.serve()

@@ -2,7 +2,9 @@
 
 protocol  median and p99 round trip of `ping` and `select_action` through the server,
           beside the same client's raw pipe echo (a child that copies frames back without
-          decoding them) and the in-process `Agent.act` time, with their ratios.
+          decoding them) and the in-process act time, with their ratios. In process
+          is `Agent.act`, and `Agent.act_values` (what the server's select_action lane
+          runs); the target ratio takes the cheaper of the two.
 fuzz      random and mutated well-framed terms at the server: it must answer every frame
           and its RSS must stay flat.
 soak      1,000,000 (--calls) select_action calls: RSS growth of the server after warm-up.
@@ -220,6 +222,14 @@ def bench_protocol(calls: int) -> dict:
         agent.act(obs)
         local.append(clock() - t0)
     local = local[warmup:]
+    # What the server's select_action lane runs: the same forward pass, with the checks
+    # on the observation done in Python instead of numpy (~1 µs less).
+    values, lane = tuple(_OBS), []
+    for _ in range(warmup + calls):
+        t0 = clock()
+        agent.act_values(values)
+        lane.append(clock() - t0)
+    lane = lane[warmup:]
 
     # The server's act runs right after a blocking pipe read, not in a hot loop; timing the
     # in-process act right after a raw echo round trip shows what that cadence alone costs.
@@ -234,17 +244,18 @@ def bench_protocol(calls: int) -> dict:
 
     rows = {"raw_echo": _stats(echo_samples), "ping": _stats(ping_samples),
             "select_action": _stats(act_samples), "in_process_act": _stats(local),
+            "in_process_act_values": _stats(lane),
             "in_process_act_after_echo": _stats(cadenced[warmup:])}
     med = {k: v["median_us"] for k, v in rows.items()}
     p99 = {k: v["p99_us"] for k, v in rows.items()}
+    # The target's "in-process act" is the cheaper of the two ways to act in process.
+    act_med = min(med["in_process_act"], med["in_process_act_values"])
+    act_p99 = min(p99["in_process_act"], p99["in_process_act_values"])
     ratios = {
         "ping / raw_echo (median)": med["ping"] / med["raw_echo"],
-        "select_action / (raw_echo + act) (median)":
-            med["select_action"] / (med["raw_echo"] + med["in_process_act"]),
-        "select_action / (raw_echo + act) (p99)":
-            p99["select_action"] / (p99["raw_echo"] + p99["in_process_act"]),
-        "select_action / (ping + act) (median)":
-            med["select_action"] / (med["ping"] + med["in_process_act"]),
+        "select_action / (raw_echo + act) (median)": med["select_action"] / (med["raw_echo"] + act_med),
+        "select_action / (raw_echo + act) (p99)": p99["select_action"] / (p99["raw_echo"] + act_p99),
+        "select_action / (ping + act) (median)": med["select_action"] / (med["ping"] + act_med),
         "select_action / (raw_echo + act after echo) (median)":
             med["select_action"] / (med["raw_echo"] + med["in_process_act_after_echo"]),
     }

@@ -559,7 +559,15 @@ def _checked_cast(array: np.ndarray, dtype: np.dtype, what: str) -> np.ndarray:
         raise ValueError(f"{what} must hold numbers, got an array of dtype {array.dtype}")
     if dtype.kind in "iu" and array.dtype.kind == "f":
         raise ValueError(f"{what} must hold integers, got {describe(array.tolist())}")
-    return np.array(array, dtype=dtype, copy=True)
+    with np.errstate(over="ignore"):
+        out = np.array(array, dtype=dtype, copy=True)
+    if out.dtype.kind == "f" and array.dtype.itemsize > out.dtype.itemsize:
+        overflow = np.isinf(out) & np.isfinite(array)
+        if overflow.any():
+            value = array[overflow].flat[0]
+            raise ValueError(f"{what} holds {value.item()!r}, beyond the range of {out.dtype} "
+                             f"(largest magnitude {float(np.finfo(out.dtype).max):.6g})")
+    return out
 
 
 def tensor_to_array(term, what: str = "tensor") -> np.ndarray:

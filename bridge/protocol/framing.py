@@ -84,6 +84,18 @@ class FrameReader:
         return True
 
     def read(self) -> bytes | None:
+        if self._start == len(self._buffer):
+            # Nothing buffered: the common case of one call at a time. When one read
+            # brings exactly one whole frame, return it without going through the buffer.
+            chunk = os.read(self.fd, _READ_CHUNK)
+            if len(chunk) >= 4 and _header.unpack_from(chunk)[0] == len(chunk) - 4 \
+                    and len(chunk) - 4 <= self.max_frame_bytes:
+                return chunk[4:]
+            if not chunk:
+                return None
+            self._buffer.clear()
+            self._start = 0
+            self._buffer += chunk
         if not self._fill(4, "header"):
             return None
         (length,) = _header.unpack_from(self._buffer, self._start)

@@ -68,15 +68,20 @@ class Server:
       module: the module name calls must carry, e.g. "bridge.api".
       in_fd, out_fd: where frames arrive and where replies go.
       max_frame_bytes: longer frames are skipped and answered with an error.
+      fast_reply: optional; given a frame's payload, the encoded reply, or None to leave
+        the frame to the general path (see `bridge.protocol.fastpath`). It must answer
+        exactly as the general path would; if it raises, the general path answers.
     """
 
     def __init__(self, functions: Mapping[str, Callable], module: str, in_fd: int,
-                 out_fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+                 out_fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 fast_reply: Callable[[bytes], bytes | None] | None = None):
         self.functions = dict(functions)
         self.module = module
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.max_frame_bytes = max_frame_bytes
+        self.fast_reply = fast_reply
         self._arity = {name: _arity(fn) for name, fn in self.functions.items()}
 
     def serve(self) -> int:
@@ -85,6 +90,7 @@ class Server:
         breaks inside a frame (the message goes to stderr)."""
         reader = FrameReader(self.in_fd, self.max_frame_bytes)
         read, handle, out_fd = reader.read, self.handle, self.out_fd
+        fast = self.fast_reply or _no_fast_reply
         try:
             while True:
                 try:
@@ -94,7 +100,12 @@ class Server:
                 else:
                     if payload is None:
                         return 0
-                    reply = handle(payload)
+                    try:
+                        reply = fast(payload)
+                    except Exception:  # noqa: BLE001 - the general path reports it
+                        reply = None
+                    if reply is None:
+                        reply = handle(payload)
                 write_all(out_fd, frame(reply))
         except FrameError as exc:
             print(f"bridge serve: {exc}", file=sys.stderr, flush=True)
@@ -156,6 +167,10 @@ class Server:
             tb = exc.__traceback__.tb_next if exc.__traceback__ else None
             lines = traceback.format_list(traceback.extract_tb(tb))[-_MAX_TRACEBACK_LINES:]
         return encode((_ERROR, call_id, (_PYTHON, _error_class(exc), str(exc), lines)))
+
+
+def _no_fast_reply(payload: bytes) -> None:
+    return None
 
 
 def _brief(value) -> str:

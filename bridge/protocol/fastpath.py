@@ -1,0 +1,180 @@
+"""A fast lane for the call a control loop makes most: one observation in, one action out.
+
+`select_action` is cheap to compute (a forward pass of a small net on the host, ~10 µs)
+and waits on the wire on every env step, so the general path's fixed cost (decode the
+whole term into Python values, look the function up, check its arity, normalise every
+argument, encode the reply: ~12 µs) would more than double it. This module recognises
+the one common shape of that call directly in the frame's bytes and builds its reply
+from bytes:
+
+    {:C, id, :"bridge.api", :select_action, [{tag, n}, [f1, ..., fk]]}
+    {:C, id, :"bridge.api", :select_action, [{tag, n}, [f1, ..., fk], opts]}
+
+with `id` and `n` small or 32-bit integers, `tag` an atom or a binary, every `f` a float
+(NEW_FLOAT_EXT, as `term_to_binary` writes floats), and `opts` nil, `[]` or
+`%{greedy: true | false}`.
+
+The lane only ever accepts or declines: any other shape, any byte it does not expect,
+and anything the caller's check refuses (an unknown handle, a wrong length, a value that
+is not finite as a float32) falls through to the general path, which then answers the
+call, errors included. So the lane changes no result and no message, only the time;
+tests/test_fastpath.py checks that its replies are byte for byte those of the general
+path.
+"""
+from __future__ import annotations
+
+import functools
+import struct
+
+__all__ = ["parse_select_action", "result_reply"]
+
+_REPLY_HEAD = b"\x83h\x03w\x01r"  # {:r, ...}, as `encode` writes it
+_MODULE = b"bridge.api"
+_FUNCTION = b"select_action"
+_AGENT = b"agent"
+_GREEDY = b"greedy"
+
+# The start of {:C, ...: version, SMALL_TUPLE_EXT of 5, the atom C in each encoding.
+_HEADS_6 = (b"\x83h\x05w\x01C", b"\x83h\x05s\x01C")
+_HEADS_7 = (b"\x83h\x05d\x00\x01C", b"\x83h\x05v\x00\x01C")
+
+_i32 = struct.Struct(">i")
+_u32 = struct.Struct(">I")
+# The last call's bytes from the module atom to the first float, its bytes after the
+# last float, handle number, greedy, float tags and the struct that reads the floats.
+_last: list = []
+
+# `encode` writes 0..255 as SMALL_INTEGER_EXT and the rest of int32 as INTEGER_EXT.
+_SMALL_INTS = [bytes((97, i)) for i in range(256)]
+
+
+class _Decline(Exception):
+    """Not the shape this lane serves; the general path takes the frame."""
+
+
+def _atom(data: bytes, i: int) -> tuple[bytes, int]:
+    """(name bytes, next offset) of the atom at `i`, in any of its four encodings."""
+    tag = data[i]
+    if tag == 119 or tag == 115:  # SMALL_ATOM_UTF8_EXT, SMALL_ATOM_EXT
+        start = i + 2
+        end = start + data[i + 1]
+    elif tag == 100 or tag == 118:  # ATOM_EXT, ATOM_UTF8_EXT (OTP < 26 writes these)
+        start = i + 3
+        end = start + (data[i + 1] << 8 | data[i + 2])
+    else:
+        raise _Decline
+    return data[start:end], end
+
+
+def _int(data: bytes, i: int) -> tuple[int, int]:
+    tag = data[i]
+    if tag == 97:  # SMALL_INTEGER_EXT
+        return data[i + 1], i + 2
+    if tag == 98:  # INTEGER_EXT
+        return _i32.unpack_from(data, i + 1)[0], i + 5
+    raise _Decline
+
+
+def _text(data: bytes, i: int) -> tuple[bytes, int]:
+    """A handle tag: an atom or a binary."""
+    if data[i] == 109:  # BINARY_EXT
+        start = i + 5
+        end = start + _u32.unpack_from(data, i + 1)[0]
+        return data[start:end], end
+    return _atom(data, i)
+
+
+def _greedy(data: bytes, i: int) -> tuple[bool, int]:
+    tag = data[i]
+    if tag == 106:  # [] - no options
+        return False, i + 1
+    if tag == 116:  # MAP_EXT
+        if _u32.unpack_from(data, i + 1)[0] != 1:
+            raise _Decline
+        key, i = _atom(data, i + 5)
+        value, i = _atom(data, i)
+        if key != _GREEDY or (value != b"true" and value != b"false"):
+            raise _Decline
+        return value == b"true", i
+    name, i = _atom(data, i)
+    if name != b"nil":
+        raise _Decline
+    return False, i
+
+
+def parse_select_action(data: bytes) -> tuple[int, int, tuple[float, ...], bool] | None:
+    """(call id, agent handle number, the observation's floats, greedy) of a
+    `select_action` call on one observation, or None for any other frame (which the
+    general path then decodes and answers)."""
+    try:
+        if data.startswith(_HEADS_6):
+            i = 6
+        elif data.startswith(_HEADS_7):
+            i = 7
+        else:
+            return None
+        call_id, i = _int(data, i)
+        # A caller repeats the same call: only the id and the floats change. The bytes
+        # between them and after them are compared with the last call's at once.
+        last = _last
+        if last and data.startswith(last[0], i):
+            middle, tail, number, greedy, marks, row = last
+            start = i + len(middle)
+            end = start + row.size
+            if data[start:end:9] == marks and len(data) == end + len(tail) \
+                    and data.endswith(tail):
+                return call_id, number, row.unpack_from(data, start), greedy
+        return _parse_rest(data, i, call_id)
+    except (_Decline, IndexError, struct.error):
+        return None
+
+
+def _parse_rest(data: bytes, first: int, call_id: int):
+    name, i = _atom(data, first)
+    if name != _MODULE:
+        return None
+    name, i = _atom(data, i)
+    if name != _FUNCTION or data[i] != 108:  # LIST_EXT
+        return None
+    n_args = _u32.unpack_from(data, i + 1)[0]
+    if (n_args != 2 and n_args != 3) or data[i + 5] != 104 or data[i + 6] != 2:
+        return None  # the handle must be a 2-tuple
+    tag, i = _text(data, i + 7)
+    if tag != _AGENT:
+        return None
+    number, i = _int(data, i)
+    if data[i] != 108:
+        return None
+    k = _u32.unpack_from(data, i + 1)[0]
+    start, end = i + 5, i + 5 + 9 * k
+    if k == 0 or end >= len(data):  # a length the frame cannot hold allocates nothing
+        return None
+    marks = b"F" * k
+    if data[start:end:9] != marks or data[end] != 106:
+        return None
+    row = _row(k)
+    i = end + 1
+    greedy = False
+    if n_args == 3:
+        greedy, i = _greedy(data, i)
+    if data[i] != 106 or i + 1 != len(data):
+        return None
+    _last[:] = [data[first:start], data[end:], number, greedy, marks, row]
+    return call_id, number, row.unpack_from(data, start), greedy
+
+
+@functools.lru_cache(maxsize=64)
+def _row(k: int) -> struct.Struct:
+    """Reads k NEW_FLOAT_EXT terms: skip each tag byte, read the big-endian double."""
+    return struct.Struct(">" + "xd" * k)
+
+
+def result_reply(call_id: int, value: int) -> bytes:
+    """`encode((:r, call_id, value))` for two int32 values, without the general encoder."""
+    return _REPLY_HEAD + _int_bytes(call_id) + _int_bytes(value)
+
+
+def _int_bytes(value: int) -> bytes:
+    if 0 <= value < 256:
+        return _SMALL_INTS[value]
+    return b"b" + _i32.pack(value)

@@ -1,0 +1,219 @@
+"""The select_action fast lane: it answers exactly as the general path would, or declines.
+
+Each check runs a frame through `bridge.api.fast_reply` for one agent and through the
+server's general `handle` for a twin agent (same config and seed, so the same params and
+the same random stream), and compares the reply bytes.
+"""
+from __future__ import annotations
+
+import math
+import random
+import shutil
+import struct
+import subprocess
+
+import pytest
+
+import bridge.api as api
+from bridge.protocol import Atom, decode, encode
+from bridge.protocol.fastpath import parse_select_action, result_reply
+from bridge.protocol.server import Server
+from bridge.serve import functions
+from bridge.wirebench import mutate
+
+OBS = [0.02, -0.01, 0.03, 0.01]
+SMALL = {"seed": 5, "hidden_sizes": [16]}
+
+
+def call(call_id, handle, *args, module="bridge.api", function="select_action"):
+    return encode((Atom("C"), call_id, Atom(module), Atom(function), [handle, *args]))
+
+
+def atom_ext(name: str) -> bytes:
+    """ATOM_EXT, the atom encoding OTP < 26 writes (and the Debian OTP here)."""
+    raw = name.encode("latin-1")
+    return b"d" + struct.pack(">H", len(raw)) + raw
+
+
+def otp24_call(call_id: int, number: int, obs, opts: bytes) -> bytes:
+    """`term_to_binary` of the frame DQNBridge.Agent.select_action sends, as OTP 24
+    writes it: ATOM_EXT atoms, the handle tag a binary, floats NEW_FLOAT_EXT."""
+    ident = bytes((97, call_id)) if call_id < 256 else b"b" + struct.pack(">i", call_id)
+    floats = b"".join(b"F" + struct.pack(">d", x) for x in obs)
+    return (b"\x83h\x05" + atom_ext("C") + ident + atom_ext("bridge.api")
+            + atom_ext("select_action") + b"l" + struct.pack(">I", 3)
+            + b"h\x02m\x00\x00\x00\x05agent" + bytes((97, number))
+            + b"l" + struct.pack(">I", len(obs)) + floats + b"j" + opts + b"j")
+
+
+@pytest.fixture()
+def twins():
+    """Two agents built alike: one answered by the lane, one by the general path."""
+    config = dict(SMALL)
+    handles = api.new_agent(config), api.new_agent(config)
+    yield handles
+    for handle in handles:
+        api.close(handle)
+
+
+@pytest.fixture(scope="module")
+def server():
+    return Server(functions(), "bridge.api", -1, -1)
+
+
+def assert_same(server, fast_frame, general_frame):
+    fast = api.fast_reply(fast_frame)
+    assert fast is not None, "the lane declined a frame it should serve"
+    assert fast == server.handle(general_frame)
+    return decode(fast)
+
+
+@pytest.mark.parametrize("call_id", [0, 7, 255, 256, 70_000, 2**31 - 1, -3])
+def test_replies_are_those_of_the_general_path(twins, server, call_id):
+    a, b = twins
+    reply = assert_same(server, call(call_id, a, OBS), call(call_id, b, OBS))
+    assert reply[0] == "r" and reply[1] == call_id and reply[2] in (0, 1)
+
+
+@pytest.mark.parametrize("opts, greedy", [(None, False), ([], False), ({Atom("greedy"): True}, True),
+                                          ({Atom("greedy"): False}, False)])
+def test_options_nil_empty_and_greedy_map(twins, server, opts, greedy):
+    a, b = twins
+    assert parse_select_action(call(1, a, OBS, opts))[3] is greedy
+    assert_same(server, call(1, a, OBS, opts), call(1, b, OBS, opts))
+
+
+@pytest.mark.parametrize("epsilon", [1.0, 0.5])
+def test_the_random_stream_is_consumed_alike(server, epsilon):
+    """With exploration on, 300 calls through each path give the same actions: the lane
+    draws the same random numbers, in the same order, as Agent.act."""
+    config = dict(SMALL, eps_start=epsilon, eps_end=epsilon)
+    a, b = api.new_agent(config), api.new_agent(config)
+    rng = random.Random(0)
+    try:
+        actions = []
+        for i in range(300):
+            obs = [rng.uniform(-2, 2) for _ in range(4)]
+            actions.append(assert_same(server, call(i, a, obs), call(i, b, obs))[2])
+        assert set(actions) == {0, 1}
+    finally:
+        api.close(a)
+        api.close(b)
+
+
+def test_frames_as_otp_24_writes_them(twins, server):
+    a, b = twins
+    for opts in (atom_ext("nil"), b"t\x00\x00\x00\x01" + atom_ext("greedy") + atom_ext("true")):
+        for call_id in (3, 300):
+            assert_same(server, otp24_call(call_id, a[1], OBS, opts),
+                        otp24_call(call_id, b[1], OBS, opts))
+
+
+@pytest.mark.skipif(shutil.which("erl") is None, reason="needs a real erl")
+def test_the_frame_a_real_erl_writes_is_served(twins, server):
+    """The exact bytes `term_to_binary(..., minor_version: 1)` gives on this OTP."""
+    a, b = twins
+    frames = []
+    for handle in (a, b):
+        term = (f"{{'C', 300, 'bridge.api', select_action, [{{<<\"agent\">>, {handle[1]}}}, "
+                f"[0.02, -0.01, 0.03, 0.01], #{{greedy => false}}]}}")
+        script = (f"io:format(\"~w\", [binary_to_list(term_to_binary({term}, "
+                  f"[{{minor_version, 1}}]))]), halt().")
+        out = subprocess.run(["erl", "-noshell", "-eval", script], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        frames.append(bytes(eval(out)))  # a list of byte values printed by erl
+    assert_same(server, *frames)
+
+
+def test_alternating_agents_of_different_sizes(server):
+    """The lane caches the shape of the last call; calls that alternate between agents
+    (and observation lengths) must not mix them up."""
+    cart = [api.new_agent(SMALL) for _ in range(2)]
+    acro = [api.new_agent(dict(SMALL, env_id="Acrobot-v1")) for _ in range(2)]
+    obs6 = [0.1, -0.2, 0.3, 0.05, -0.4, 0.2]
+    try:
+        for i in range(20):
+            pair, obs = (cart, OBS) if i % 2 else (acro, obs6)
+            reply = assert_same(server, call(i, pair[0], obs), call(i, pair[1], obs))
+            assert reply[2] in range(2 if pair is cart else 3)
+    finally:
+        for handle in cart + acro:
+            api.close(handle)
+
+
+def declined_frames(handle):
+    env = api.env_make("CartPole-v1")
+    big = 2**31
+    frames = {
+        "other function": call(1, handle, function="ping"),
+        "other module": call(1, handle, OBS, module="os"),
+        "unknown handle": call(1, ("agent", 999_999), OBS),
+        "env handle": call(1, env, OBS),
+        "other tag": call(1, ("env", handle[1]), OBS),
+        "batch": call(1, handle, [OBS, OBS]),
+        "short obs": call(1, handle, OBS[:3]),
+        "long obs": call(1, handle, OBS + [0.0]),
+        "empty obs": call(1, handle, []),
+        "obs longer than the frame": call(1, handle, OBS).replace(b"l\x00\x00\x00\x04F",
+                                                                  b"l\xff\xff\xff\xffF"),
+        "integers in obs": call(1, handle, [0, 1, 0, 1]),
+        "NaN": call(1, handle, [math.nan, 0.0, 0.0, 0.0]),
+        "infinity": call(1, handle, [0.0, math.inf, 0.0, 0.0]),
+        "beyond float32": call(1, handle, [0.0, 0.0, 1e300, 0.0]),
+        "unknown option": call(1, handle, OBS, {Atom("fast"): True}),
+        "greedy not a bool": call(1, handle, OBS, {Atom("greedy"): 1}),
+        "two options": call(1, handle, OBS, {Atom("greedy"): True, Atom("x"): 1}),
+        "extra argument": call(1, handle, OBS, None, None),
+        "no observation": encode((Atom("C"), 1, Atom("bridge.api"), Atom("select_action"), [handle])),
+        "big id": call(big, handle, OBS),
+        "tensor obs": call(1, handle, (Atom("tensor"), Atom("f32"), (4,), bytes(16))),
+        "trailing byte": call(1, handle, OBS) + b"j",
+        "truncated": call(1, handle, OBS)[:-1],
+        "improper args": call(1, handle, OBS)[:-1] + b"a\x01",
+    }
+    return env, frames
+
+
+# Frames the general path answers with a result; every other declined frame is an error.
+VALID_ELSEWHERE = {"other function", "batch", "big id", "tensor obs", "integers in obs"}
+
+
+def test_every_other_frame_is_declined_and_answered_by_the_general_path(twins, server):
+    a, _ = twins
+    env, frames = declined_frames(a)
+    try:
+        for name, data in frames.items():
+            assert api.fast_reply(data) is None, name
+            reply = decode(server.handle(data))
+            assert reply[0] == ("r" if name in VALID_ELSEWHERE else "e"), name
+        message = decode(server.handle(frames["beyond float32"]))[2][2]
+        assert message == b"obs holds 1e+300, beyond the range of float32 (largest magnitude 3.40282e+38)"
+    finally:
+        api.env_close(env)
+
+
+def test_mutated_frames_never_raise_and_never_disagree(server):
+    """Seeded byte mutations of select_action frames: whatever the lane answers is what
+    the general path answers; everything else it declines. (A greedy agent, so both
+    paths may act on the same agent.)"""
+    handle = api.new_agent(dict(SMALL, eps_start=0.0, eps_end=0.0))
+    rng = random.Random(11)
+    served = 0
+    try:
+        for _ in range(3000):
+            obs = [rng.uniform(-1, 1) for _ in range(4)]
+            data = call(rng.randrange(300), handle, obs, rng.choice([None, {Atom("greedy"): True}]))
+            data = mutate(rng, data) if rng.random() < 0.9 else data
+            reply = api.fast_reply(data)
+            if reply is not None:
+                served += 1
+                assert reply == server.handle(data)
+    finally:
+        api.close(handle)
+    assert served > 300
+
+
+def test_result_reply_matches_the_encoder():
+    for call_id in (0, 255, 256, -1, 2**31 - 1, -(2**31)):
+        for value in (0, 1, 17, 300):
+            assert result_reply(call_id, value) == encode((Atom("r"), call_id, value))
