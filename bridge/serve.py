@@ -17,6 +17,7 @@ import sys
 from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
 
 MODULE = "bridge.api"
+DEFAULT_SPIN_US = 200.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,9 +28,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         metavar="N",
                         help="longest accepted frame; a longer one gets an error reply "
                              f"(default {DEFAULT_MAX_FRAME_BYTES} = 64 MiB)")
+    parser.add_argument("--spin-us", type=float, default=None, metavar="US",
+                        help="after each reply, poll for the next call this many µs before "
+                             "sleeping: a control loop's next call then finds the server "
+                             "awake instead of paying for an idle CPU's wake-up (default "
+                             f"{DEFAULT_SPIN_US:g} when the process may run on more than one "
+                             "CPU, else 0; 0 turns it off)")
     parser.add_argument("--no-parent-watch", action="store_true",
                         help="keep running when the parent process dies (by default the "
                              "server exits within a second, even mid-computation)")
+
+
+def spin_seconds(spin_us: float | None) -> float:
+    """The spin of `--spin-us` in seconds; by default DEFAULT_SPIN_US, or none on one CPU,
+    where the caller could not run while we spin."""
+    if spin_us is None:
+        return DEFAULT_SPIN_US * 1e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+    if not 0 <= spin_us <= 1e6:
+        raise ValueError(f"--spin-us must be between 0 and 1000000, got {spin_us:g}")
+    return spin_us * 1e-6
 
 
 def _descriptors(use_stdio: bool) -> tuple[int, int]:
@@ -61,14 +78,15 @@ def main(args: argparse.Namespace) -> int:
               file=sys.stderr)
         return 2
     try:
+        spin = spin_seconds(args.spin_us)
         in_fd, out_fd = _descriptors(args.use_stdio)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not args.no_parent_watch:
-        watch_parent(reply_fd=out_fd)
+        watch_parent(reply_fd=out_fd, input_fd=in_fd)
     import bridge.api
 
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
-                    fast_reply=bridge.api.fast_reply)
+                    fast_reply=bridge.api.fast_reply, spin_seconds=spin)
     return server.serve()

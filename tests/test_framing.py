@@ -97,3 +97,33 @@ def test_oversized_frame_cut_short_is_an_error(pipe):
 def test_limit_must_be_positive(pipe):
     with pytest.raises(ValueError, match="max_frame_bytes must be positive"):
         FrameReader(pipe[0], max_frame_bytes=0)
+
+
+def test_a_spinning_reader_gets_frames_sent_during_and_after_its_spin(pipe):
+    """With spin_seconds, a read first polls without sleeping; frames that come while it
+    spins, after it gave up (and blocks), or all at once are read alike."""
+    import time
+
+    r, w = pipe
+    reader = FrameReader(r, spin_seconds=0.002)
+
+    def writer():
+        os.write(w, frame(b"at once"))
+        time.sleep(0.0005)  # within the spin
+        os.write(w, frame(b"during the spin"))
+        time.sleep(0.05)  # long after it: the reader is blocked in read()
+        os.write(w, frame(b"after the spin")[:3])
+        time.sleep(0.01)
+        os.write(w, frame(b"after the spin")[3:] + frame(b"a") + frame(b"b"))
+        os.close(w)
+
+    thread = threading.Thread(target=writer)
+    thread.start()
+    got = [reader.read() for _ in range(6)]
+    thread.join()
+    assert got == [b"at once", b"during the spin", b"after the spin", b"a", b"b", None]
+
+
+def test_spin_must_not_be_negative(pipe):
+    with pytest.raises(ValueError, match="spin_seconds must be >= 0, got -1"):
+        FrameReader(pipe[0], spin_seconds=-1)

@@ -311,6 +311,27 @@ def test_corrupt_frame_length_exits_non_zero_with_a_message():
     client.close()
 
 
+def test_spin_option_is_checked_and_zero_turns_it_off():
+    out = subprocess.run([sys.executable, "-m", "bridge", "serve", "--spin-us", "-5"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=60)
+    assert out.returncode == 2
+    assert "--spin-us must be between 0 and 1000000, got -5" in out.stderr
+    with PortClient(args=["--spin-us", "0"]) as client:
+        assert_still_serving(client)
+
+
+def test_spin_by_default_only_when_more_than_one_cpu_is_allowed():
+    script = ("import os, sys; from bridge.serve import spin_seconds, DEFAULT_SPIN_US; "
+              "cpus = os.sched_getaffinity(0); before = spin_seconds(None); "
+              "os.sched_setaffinity(0, {min(cpus)}); "
+              "print(len(cpus), before, spin_seconds(None), DEFAULT_SPIN_US)")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60, check=True).stdout.split()
+    cpus, before, pinned, default_us = int(out[0]), float(out[1]), float(out[2]), float(out[3])
+    assert before == (default_us * 1e-6 if cpus > 1 else 0.0)
+    assert pinned == 0.0 and default_us > 0
+
+
 def test_missing_descriptors_are_reported():
     out = subprocess.run([sys.executable, "-m", "bridge", "serve"], capture_output=True,
                          text=True, cwd=ROOT, timeout=60, stdin=subprocess.DEVNULL)

@@ -5,6 +5,8 @@ This is what a BEAM port opened with `{:packet, 4}` reads and writes.
 from __future__ import annotations
 
 import os
+import select
+import time
 import struct
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "FrameError", "FrameTooLarge", "FrameReader",
@@ -58,13 +60,29 @@ class FrameReader:
     the frame's bytes) if a frame is longer than `max_frame_bytes`.
     """
 
-    def __init__(self, fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES):
+    def __init__(self, fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
+                 spin_seconds: float = 0.0):
         if max_frame_bytes < 1:
             raise ValueError(f"max_frame_bytes must be positive, got {max_frame_bytes}")
+        if not spin_seconds >= 0:
+            raise ValueError(f"spin_seconds must be >= 0, got {spin_seconds}")
         self.fd = fd
         self.max_frame_bytes = max_frame_bytes
+        self.spin_seconds = spin_seconds
         self._buffer = bytearray()
         self._start = 0  # consumed bytes at the front of the buffer
+        self._poll = select.poll()
+        self._poll.register(fd, select.POLLIN)
+
+    def _spin(self) -> None:
+        """Wait up to `spin_seconds` for input without sleeping, yielding the CPU to
+        anything else runnable on it: on a VM, a blocking read that sleeps costs an idle
+        CPU's wake-up (tens of µs) when the next call comes, and a control loop sends it
+        within microseconds."""
+        poll, clock, pause = self._poll.poll, time.perf_counter, os.sched_yield
+        deadline = clock() + self.spin_seconds
+        while not poll(0) and clock() < deadline:
+            pause()
 
     def _fill(self, need: int, where: str) -> bool:
         """Make `need` unconsumed bytes available; False on EOF before any byte of a frame."""
@@ -87,6 +105,8 @@ class FrameReader:
         if self._start == len(self._buffer):
             # Nothing buffered: the common case of one call at a time. When one read
             # brings exactly one whole frame, return it without going through the buffer.
+            if self.spin_seconds:
+                self._spin()
             chunk = os.read(self.fd, _READ_CHUNK)
             if len(chunk) >= 4 and _header.unpack_from(chunk)[0] == len(chunk) - 4 \
                     and len(chunk) - 4 <= self.max_frame_bytes:

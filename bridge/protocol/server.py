@@ -71,24 +71,28 @@ class Server:
       fast_reply: optional; given a frame's payload, the encoded reply, or None to leave
         the frame to the general path (see `bridge.protocol.fastpath`). It must answer
         exactly as the general path would; if it raises, the general path answers.
+      spin_seconds: after each reply, wait this long for the next frame without
+        sleeping (see `FrameReader`); 0 blocks at once.
     """
 
     def __init__(self, functions: Mapping[str, Callable], module: str, in_fd: int,
                  out_fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 fast_reply: Callable[[bytes], bytes | None] | None = None):
+                 fast_reply: Callable[[bytes], bytes | None] | None = None,
+                 spin_seconds: float = 0.0):
         self.functions = dict(functions)
         self.module = module
         self.in_fd = in_fd
         self.out_fd = out_fd
         self.max_frame_bytes = max_frame_bytes
         self.fast_reply = fast_reply
+        self.spin_seconds = spin_seconds
         self._arity = {name: _arity(fn) for name, fn in self.functions.items()}
 
     def serve(self) -> int:
         """Answer calls until the input ends. Returns the process exit status: 0 at a
         clean end of input (or when the reader of our replies is gone), 2 when the input
         breaks inside a frame (the message goes to stderr)."""
-        reader = FrameReader(self.in_fd, self.max_frame_bytes)
+        reader = FrameReader(self.in_fd, self.max_frame_bytes, self.spin_seconds)
         read, handle, out_fd = reader.read, self.handle, self.out_fd
         fast = self.fast_reply or _no_fast_reply
         try:
@@ -181,7 +185,8 @@ def _brief(value) -> str:
 _PR_SET_PDEATHSIG = 1
 
 
-def watch_parent(interval: float = 0.25, reply_fd: int | None = None) -> None:
+def watch_parent(interval: float = 0.25, reply_fd: int | None = None,
+                 input_fd: int | None = None) -> None:
     """Make this process exit when its parent dies, even while the main thread is busy
     (in a JIT compile, say): the kernel sends SIGKILL on parent death where prctl exists,
     and a daemon thread polls the parent pid and calls os._exit as the portable backstop.
@@ -189,7 +194,9 @@ def watch_parent(interval: float = 0.25, reply_fd: int | None = None) -> None:
     Given `reply_fd`, the thread also exits (status 0) once nobody can read our replies:
     the BEAM closed the port, or the process owning it was killed while the BEAM lives on.
     The main thread would only notice at its next write, after a call that may run for
-    minutes. A pipe's write end polls as POLLERR when its read end is closed.
+    minutes. A pipe's write end polls as POLLERR when its read end is closed. When
+    `input_fd` has hung up as well, the port was closed the normal way and the exit is
+    silent.
 
     Note: Linux delivers the signal when the *thread* that spawned us ends; a parent that
     starts the server from a short-lived thread should pass --no-parent-watch.
@@ -204,10 +211,13 @@ def watch_parent(interval: float = 0.25, reply_fd: int | None = None) -> None:
     if os.getppid() != parent:  # the parent died before the signal was armed
         os._exit(3)
 
-    replies = None
+    replies = inputs = None
     if reply_fd is not None:
         replies = select.poll()
         replies.register(reply_fd, 0)  # POLLERR, POLLHUP and POLLNVAL are always reported
+    if input_fd is not None:
+        inputs = select.poll()
+        inputs.register(input_fd, 0)
 
     def poll() -> None:
         while True:
@@ -216,7 +226,8 @@ def watch_parent(interval: float = 0.25, reply_fd: int | None = None) -> None:
                 os.write(2, b"bridge serve: parent process is gone; exiting\n")
                 os._exit(3)
             if replies is not None and replies.poll(0):
-                os.write(2, b"bridge serve: the reply pipe is closed; exiting\n")
+                if inputs is None or not inputs.poll(0):
+                    os.write(2, b"bridge serve: the reply pipe is closed; exiting\n")
                 os._exit(0)
 
     threading.Thread(target=poll, name="bridge-parent-watch", daemon=True).start()
