@@ -33,22 +33,6 @@ __all__ = ["add_arguments", "main", "PipeServer", "spawn_on_fds_3_4", "random_te
            "open_fuzz_target", "run_fuzz"]
 
 _OBS = [0.01, -0.02, 0.03, 0.04]
-_ECHO_SOURCE = r"""
-import os, struct
-r, w = 3, 4
-buf = b""
-while True:
-    while len(buf) < 4:
-        chunk = os.read(r, 65536)
-        if not chunk:
-            raise SystemExit(0)
-        buf += chunk
-    n = struct.unpack(">I", buf[:4])[0]
-    while len(buf) < 4 + n:
-        buf += os.read(r, 65536)
-    os.write(w, buf[:4 + n])
-    buf = buf[4 + n:]
-"""
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -176,14 +160,16 @@ def _stats(samples_s: list[float]) -> dict:
             "n": len(us)}
 
 
-def _timed_round_trips(server: PipeServer, payload: bytes, n: int) -> list[float]:
-    send, recv, clock = server.send, server.recv, time.perf_counter
-    samples = []
-    for _ in range(n):
-        t0 = clock()
-        send(payload)
-        recv()
-        samples.append(clock() - t0)
+def _interleaved(targets: list[tuple[PipeServer, bytes]], warmup: int, n: int) -> list[list[float]]:
+    """Round-trip times (s) of each (server, payload), measured in turns, after warm-up."""
+    clock, samples = time.perf_counter, [[] for _ in targets]
+    for i in range(warmup + n):
+        for (server, payload), times in zip(targets, samples):
+            t0 = clock()
+            server.send(payload)
+            server.recv()
+            if i >= warmup:
+                times.append(clock() - t0)
     return samples
 
 
@@ -197,16 +183,15 @@ def bench_protocol(calls: int) -> dict:
     warmup = max(200, calls // 10)
     # Both children are started before this process imports JAX: forking a process that
     # runs JAX's threads is unsafe.
-    echo = PipeServer([sys.executable, "-c", _ECHO_SOURCE])
+    echo = PipeServer([sys.executable, "-m", "bridge.echo"])
     server = PipeServer.bridge()
     ping_payload = _call_payload("ping", [_OBS])
-    echo_samples = _timed_round_trips(echo, ping_payload, warmup + calls)[warmup:]
-
     config = {"seed": 0, "eps_start": 0.0, "eps_end": 0.0}  # every action goes through the net
     handle = server.call("new_agent", config)
-    ping_samples = _timed_round_trips(server, ping_payload, warmup + calls)[warmup:]
     act_payload = _call_payload("select_action", [handle, _OBS])
-    act_samples = _timed_round_trips(server, act_payload, warmup + calls)[warmup:]
+    # The three take turns, call after call: a slow spell of the machine lands on all alike.
+    echo_samples, ping_samples, act_samples = _interleaved(
+        [(echo, ping_payload), (server, ping_payload), (server, act_payload)], warmup, calls)
     server.close()
 
     import numpy as np

@@ -239,7 +239,12 @@ defmodule DQNBridge.Agent do
     * `:timeout` - ms to wait
   """
   @spec select_action(t(), obs(), keyword()) :: actions() | error()
-  def select_action(agent, obs, opts \\ []) do
+  def select_action(agent, obs, opts \\ [])
+
+  # The control-loop case, kept lean: no options to check, none to send.
+  def select_action(agent, obs, []), do: call(agent, :select_action, [obs], @default_timeout)
+
+  def select_action(agent, obs, opts) do
     opts = Keyword.validate!(opts, greedy: false, timeout: @default_timeout)
     call(agent, :select_action, [obs, %{greedy: opts[:greedy]}], opts[:timeout])
   end

@@ -4,24 +4,37 @@ defmodule Mix.Tasks.Dqn.Bench do
   @moduledoc """
   Measures, in one run, what the Elixir side of the bridge costs:
 
-    * round trips through one `DQNBridge.Python` port: `ping` (the echo) and
-      `DQNBridge.Agent.select_action/3` (median and p99 µs), beside the time of the
-      same `act` in process in Python, without the port;
+    * round trips from Elixir (median and p99 µs): the echo of a
+      `DQNBridge.Python` port whose Python side decodes nothing
+      (`python -m bridge.echo --reply` answers each call with its own argument
+      bytes), so it costs all of the port owner's work and none of the server's;
+      a bare Port echo from the timing process (no port owner at all); `ping`
+      through `bridge serve`; and `DQNBridge.Agent.select_action/3` — beside the
+      in-process time of the same act in Python, without the port. The target
+      compares select_action with the echo of the same port plus that act;
     * training steps/s of the Elixir-driven loop (`DQNBridge.Loop`, fused `step`)
       with one pure-Elixir CartPole and with `--envs` of them vectorised, beside
-      `python -m bridge train` on the same config, all without evaluations.
+      `python -m bridge train` on the same config, all without evaluations. The
+      three runs take turns for `--rounds` rounds and the medians are compared,
+      so that a slow minute on a shared machine does not pick the winner.
 
   Steps/s are counted as `python -m bridge train` counts them: from creating the
   agent to the last step.
 
-  Writes `OUT/elixir-<date>.json` and prints a markdown table.
+  On a small VM a round trip between two CPUs pays for waking an idle one, which
+  varies from run to run; `--cpu N` pins the BEAM and every Python process of the
+  round-trip part to CPU N for stable numbers (the training part is never pinned).
+
+  Writes `OUT/elixir-<date>.json` and prints markdown tables.
 
   ## Command line options
 
     * `--calls N` - timed round trips per kind (default 5000, after a warm-up)
     * `--steps N` - env steps per training run (default 20000)
+    * `--rounds N` - training rounds, each running all three loops (default 3)
     * `--seed N` - the agent's seed (default 0)
     * `--envs N` - vectorised CartPoles for the second Elixir run (default 8)
+    * `--cpu N` - pin the round-trip measurements to CPU N (needs `taskset`)
     * `--out DIR` - where the JSON goes (default `bench/results`)
     * `--python PATH` - the Python interpreter
   """
@@ -35,16 +48,20 @@ defmodule Mix.Tasks.Dqn.Bench do
   @switches [
     calls: :integer,
     steps: :integer,
+    rounds: :integer,
     seed: :integer,
     envs: :integer,
+    cpu: :integer,
     out: :string,
     python: :string
   ]
-  @defaults [calls: 5_000, steps: 20_000, seed: 0, envs: 8, out: "bench/results"]
+  @defaults [calls: 5_000, steps: 20_000, rounds: 3, seed: 0, envs: 8, out: "bench/results"]
 
   @obs [0.01, -0.02, 0.03, 0.04]
 
   # Python's own act, timed in a loop in one process: the cost the port adds to.
+  # `act` takes a numpy array; `act_values` (what the server's select_action lane
+  # runs) the observation's floats. The target ratio uses the cheaper of the two.
   @act_script """
   import statistics, sys, time
   import numpy as np
@@ -53,47 +70,47 @@ defmodule Mix.Tasks.Dqn.Bench do
   calls, seed = int(sys.argv[1]), int(sys.argv[2])
   agent = Agent(DQNConfig.from_mapping({"seed": seed, "eps_start": 0.0, "eps_end": 0.0}))
   obs = np.asarray(#{inspect(@obs)}, dtype=np.float32)
-  samples = []
-  for _ in range(calls + max(200, calls // 10)):
-      t0 = time.perf_counter()
-      agent.act(obs)
-      samples.append(time.perf_counter() - t0)
-  print(" ".join(repr(s * 1e6) for s in samples[-calls:]))
+  values = tuple(obs.astype(float).tolist())
+  for act, arg in ((agent.act, obs), (agent.act_values, values)):
+      samples = []
+      for _ in range(calls + max(200, calls // 10)):
+          t0 = time.perf_counter()
+          act(arg)
+          samples.append(time.perf_counter() - t0)
+      print(" ".join(repr(s * 1e6) for s in samples[-calls:]))
   """
 
   @impl Mix.Task
   def run(argv) do
     opts = Support.parse!("dqn.bench", argv, @switches, @defaults)
 
-    for key <- [:calls, :steps, :envs],
+    for key <- [:calls, :steps, :rounds, :envs],
         do: Support.positive!("dqn.bench", Atom.to_string(key), opts[key])
+
+    if opts[:cpu] && opts[:cpu] < 0,
+      do: Mix.raise("mix dqn.bench: --cpu must be a CPU number (0 or more), got #{opts[:cpu]}")
 
     python = Support.python_opt(opts[:python])
     Mix.Task.run("compile")
     info = &Mix.shell().info/1
 
-    info.("round trips (#{opts[:calls]} calls each)...")
-    latency = latency(opts, python)
-    info.("training, Elixir loop, 1 env...")
-    elixir_1 = elixir_training(opts, python, 1)
-    info.("training, Elixir loop, #{opts[:envs]} vectorised envs...")
-    elixir_n = elixir_training(opts, python, opts[:envs])
-    info.("training, python -m bridge train...")
-    python_sps = python_training(opts, python)
+    pinned = if opts[:cpu], do: " pinned to CPU #{opts[:cpu]}", else: ""
+    info.("round trips (#{opts[:calls]} calls each)#{pinned}...")
+    latency = with_cpu(opts[:cpu], fn -> latency(opts, launcher(python, opts[:cpu])) end)
+    training = training(opts, python, info)
 
     result = %{
       kind: "elixir",
       date: Date.to_iso8601(Date.utc_today()),
       calls: opts[:calls],
       steps: opts[:steps],
+      rounds: opts[:rounds],
       seed: opts[:seed],
+      round_trips_pinned_to_cpu: opts[:cpu],
       round_trips_us: latency,
-      training_steps_per_second: %{
-        "python_in_process" => python_sps,
-        "elixir_1_env" => elixir_1,
-        "elixir_#{opts[:envs]}_envs" => elixir_n
-      },
-      ratios: ratios(latency, python_sps, elixir_1, elixir_n)
+      training_steps_per_second: training.median,
+      training_steps_per_second_by_round: training.rounds,
+      ratios: ratios(latency, training.median, opts[:envs])
     }
 
     File.mkdir_p!(opts[:out])
@@ -104,51 +121,141 @@ defmodule Mix.Tasks.Dqn.Bench do
     result
   end
 
-  defp latency(opts, python) do
-    {:ok, py} = Python.start_link(python_start_opts(python))
+  # The executable and leading arguments that start Python: through taskset, pinned
+  # to `cpu`, when one is given. (Port children are forked by erl_child_setup, not
+  # by the BEAM's own threads, so pinning the BEAM alone would not pin them.)
+  defp launcher(python, nil), do: {python || Python.default_executable(), []}
+
+  defp launcher(python, cpu),
+    do: {taskset!(), ["-c", "#{cpu}", python || Python.default_executable()]}
+
+  defp taskset! do
+    System.find_executable("taskset") ||
+      Mix.raise("mix dqn.bench: --cpu needs taskset (util-linux)")
+  end
+
+  # Runs `fun` with this BEAM (all its threads) on one CPU; puts its CPU mask back
+  # afterwards.
+  defp with_cpu(nil, fun), do: fun.()
+
+  defp with_cpu(cpu, fun) do
+    pid = System.pid()
+    taskset = taskset!()
+
+    {out, 0} = System.cmd(taskset, ["-p", pid])
+    mask = out |> String.trim() |> String.split(": ") |> List.last()
+
+    case System.cmd(taskset, ["-a", "-p", "-c", "#{cpu}", pid], stderr_to_stdout: true) do
+      {_, 0} -> :ok
+      {out, _} -> Mix.raise("mix dqn.bench: cannot pin to CPU #{cpu}: #{String.trim(out)}")
+    end
+
+    try do
+      fun.()
+    after
+      System.cmd(taskset, ["-a", "-p", mask, pid])
+    end
+  end
+
+  # The four kinds of round trip take turns, call after call, so that a slow spell of
+  # the machine lands on all of them alike.
+  defp latency(opts, {exe, prefix} = launcher) do
+    n = opts[:calls]
+    warmup = max(200, div(n, 10))
+    bare = open_bare_echo(launcher)
+
+    {:ok, echo} =
+      Python.start_link(executable: exe, args: prefix ++ ["-m", "bridge.echo", "--reply"])
+
+    {:ok, py} = Python.start_link(executable: exe, args: prefix ++ ["-m", "bridge", "serve"])
 
     try do
       {:ok, agent} =
         Agent.start_link(python: py, config: [seed: opts[:seed], eps_start: 0.0, eps_end: 0.0])
 
-      n = opts[:calls]
-      warmup = max(200, div(n, 10))
+      kinds = [
+        {"bare_port_echo", fn -> bare_echo(bare) end},
+        {"port_echo", fn -> {:ok, [@obs]} = Python.call(echo, :ping, [@obs]) end},
+        {"ping", fn -> {:ok, @obs} = Python.call(py, :ping, [@obs]) end},
+        {"select_action", fn -> true = is_integer(Agent.select_action(agent, @obs)) end}
+      ]
 
-      echo = time_calls(warmup, n, fn -> {:ok, _} = Python.call(py, :ping, [@obs]) end)
-      act = time_calls(warmup, n, fn -> Agent.select_action(agent, @obs) end)
+      timed = interleaved(kinds, warmup, n)
       Agent.stop(agent)
-      in_process = in_process_act(python, n, opts[:seed])
+      {in_process, in_process_values} = in_process_act(launcher, n, opts[:seed])
 
-      %{
-        "echo" => stats(echo),
-        "select_action" => stats(act),
-        "in_process_act" => stats(in_process)
-      }
+      timed
+      |> Map.new(fn {name, samples} -> {name, stats(samples)} end)
+      |> Map.merge(%{
+        "in_process_act" => stats(in_process),
+        "in_process_act_values" => stats(in_process_values)
+      })
     after
       Python.stop(py)
+      Python.stop(echo)
+      Port.close(bare)
+    end
+  end
+
+  defp interleaved(kinds, warmup, n) do
+    for _ <- 1..warmup, {_, fun} <- kinds, do: fun.()
+
+    rows =
+      for _ <- 1..n do
+        for {_, fun} <- kinds do
+          t0 = System.monotonic_time()
+          fun.()
+          System.monotonic_time() - t0
+        end
+      end
+
+    columns = Enum.zip_with(rows, & &1)
+
+    for {{name, _}, column} <- Enum.zip(kinds, columns),
+        into: %{},
+        do: {name, Enum.map(column, &(System.convert_time_unit(&1, :native, :nanosecond) / 1000))}
+  end
+
+  # A Port opened as DQNBridge.Python opens its own, owned by the timing process, to a
+  # child that copies frames back: no port owner process, no decoding anywhere.
+  defp open_bare_echo({exe, prefix}) do
+    Port.open({:spawn_executable, exe}, [
+      {:packet, 4},
+      :binary,
+      :nouse_stdio,
+      args: prefix ++ ["-m", "bridge.echo"],
+      cd: Python.project_root()
+    ])
+  end
+
+  @echo_frame :erlang.term_to_binary({:C, 1, :"bridge.api", :ping, [@obs]}, minor_version: 1)
+
+  defp bare_echo(port) do
+    Port.command(port, @echo_frame)
+
+    receive do
+      {^port, {:data, _}} -> :ok
+    after
+      30_000 -> Mix.raise("mix dqn.bench: the echo child did not answer")
     end
   end
 
   defp python_start_opts(nil), do: []
   defp python_start_opts(path), do: [executable: path]
 
-  defp time_calls(warmup, n, fun) do
-    for _ <- 1..warmup, do: fun.()
+  defp in_process_act({exe, prefix}, n, seed) do
+    args = prefix ++ ["-c", @act_script, "#{n}", "#{seed}"]
 
-    for _ <- 1..n do
-      t0 = System.monotonic_time()
-      fun.()
-      System.monotonic_time() - t0
-    end
-    |> Enum.map(&(System.convert_time_unit(&1, :native, :nanosecond) / 1000))
-  end
+    case System.cmd(exe, args, cd: Python.project_root()) do
+      {out, 0} ->
+        [act, values] =
+          for line <- String.split(out, "\n", trim: true),
+              do: line |> String.split() |> Enum.map(&String.to_float/1)
 
-  defp in_process_act(python, n, seed) do
-    python = python || Python.default_executable()
+        {act, values}
 
-    case System.cmd(python, ["-c", @act_script, "#{n}", "#{seed}"], cd: Python.project_root()) do
-      {out, 0} -> out |> String.split() |> Enum.map(&String.to_float/1)
-      {out, status} -> Mix.raise("timing act in Python failed (exit #{status}): #{out}")
+      {out, status} ->
+        Mix.raise("timing act in Python failed (exit #{status}): #{out}")
     end
   end
 
@@ -166,6 +273,39 @@ defmodule Mix.Tasks.Dqn.Bench do
       "p99_us" => Float.round(Enum.at(sorted, min(n - 1, trunc(0.99 * n))), 2),
       "n" => n
     }
+  end
+
+  # The three loops take turns, round after round; the medians are compared.
+  defp training(opts, python, info) do
+    runs = [
+      {"python_in_process", fn -> python_training(opts, python) end},
+      {"elixir_1_env", fn -> elixir_training(opts, python, 1) end},
+      {"elixir_#{opts[:envs]}_envs", fn -> elixir_training(opts, python, opts[:envs]) end}
+    ]
+
+    rounds =
+      for round <- 1..opts[:rounds] do
+        info.(
+          "training round #{round}/#{opts[:rounds]}: python -m bridge train, Elixir loop " <>
+            "with 1 env, with #{opts[:envs]} envs..."
+        )
+
+        Map.new(runs, fn {name, run} -> {name, run.()} end)
+      end
+
+    median = Map.new(runs, fn {name, _} -> {name, rounds |> Enum.map(& &1[name]) |> median()} end)
+
+    %{rounds: rounds, median: median}
+  end
+
+  defp median(values) do
+    sorted = Enum.sort(values)
+    n = length(sorted)
+    mid = div(n, 2)
+
+    if rem(n, 2) == 1,
+      do: Enum.at(sorted, mid),
+      else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
   end
 
   defp elixir_training(opts, python, n_envs) do
@@ -226,18 +366,26 @@ defmodule Mix.Tasks.Dqn.Bench do
     end
   end
 
-  defp ratios(latency, python_sps, elixir_1, elixir_n) do
+  defp ratios(latency, sps, n_envs) do
     med = &latency[&1]["median_us"]
     p99 = &latency[&1]["p99_us"]
+    act_med = min(med.("in_process_act"), med.("in_process_act_values"))
+    act_p99 = min(p99.("in_process_act"), p99.("in_process_act_values"))
+    python = sps["python_in_process"]
 
     %{
-      "select_action / (echo + in_process_act), median (target <= 1.25)" =>
-        Float.round(med.("select_action") / (med.("echo") + med.("in_process_act")), 3),
-      "select_action / (echo + in_process_act), p99" =>
-        Float.round(p99.("select_action") / (p99.("echo") + p99.("in_process_act")), 3),
-      "elixir 1 env / python in process (target >= 1.0)" => Float.round(elixir_1 / python_sps, 3),
+      "select_action / (port_echo + act), median (target <= 1.25)" =>
+        Float.round(med.("select_action") / (med.("port_echo") + act_med), 3),
+      "select_action / (port_echo + act), p99" =>
+        Float.round(p99.("select_action") / (p99.("port_echo") + act_p99), 3),
+      "select_action / (bare_port_echo + act), median" =>
+        Float.round(med.("select_action") / (med.("bare_port_echo") + act_med), 3),
+      "select_action / (ping + act), median" =>
+        Float.round(med.("select_action") / (med.("ping") + act_med), 3),
+      "elixir 1 env / python in process (target >= 1.0)" =>
+        Float.round(sps["elixir_1_env"] / python, 3),
       "elixir vectorised / python in process (target >= 3.0)" =>
-        Float.round(elixir_n / python_sps, 3)
+        Float.round(sps["elixir_#{n_envs}_envs"] / python, 3)
     }
   end
 
@@ -246,18 +394,22 @@ defmodule Mix.Tasks.Dqn.Bench do
     sps = result.training_steps_per_second
     r = result.ratios
     row = fn name -> "| #{name} | #{rt[name]["median_us"]} | #{rt[name]["p99_us"]} |" end
+    pinned = if cpu = result.round_trips_pinned_to_cpu, do: ", pinned to CPU #{cpu}", else: ""
 
     """
 
-    | round trip (µs) | median | p99 |
+    | round trip (µs#{pinned}) | median | p99 |
     |---|---:|---:|
-    #{row.("echo")}
-    #{row.("in_process_act")}
+    #{row.("port_echo")}
+    #{row.("bare_port_echo")}
+    #{row.("ping")}
     #{row.("select_action")}
+    #{row.("in_process_act")}
+    #{row.("in_process_act_values")}
 
-    select_action / (echo + in-process act): #{r["select_action / (echo + in_process_act), median (target <= 1.25)"]} (median, target <= 1.25), #{r["select_action / (echo + in_process_act), p99"]} (p99)
+    select_action / (port echo + act): #{r["select_action / (port_echo + act), median (target <= 1.25)"]} (median, target <= 1.25), #{r["select_action / (port_echo + act), p99"]} (p99); against the bare port echo: #{r["select_action / (bare_port_echo + act), median"]}; against ping: #{r["select_action / (ping + act), median"]}
 
-    | training, CartPole-v1, #{result.steps} steps | steps/s | vs Python |
+    | training, CartPole-v1, #{result.steps} steps, median of #{result.rounds} | steps/s | vs Python |
     |---|---:|---:|
     | `python -m bridge train` (in process, gymnasium) | #{sps["python_in_process"]} | 1.00 |
     | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r["elixir 1 env / python in process (target >= 1.0)"]} |

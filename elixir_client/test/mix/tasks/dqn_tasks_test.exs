@@ -133,6 +133,48 @@ defmodule Mix.Tasks.DqnTasksTest do
     end
   end
 
+  @tag :tmp_dir
+  test "dqn.bench measures round trips and training side by side and writes its JSON",
+       %{tmp_dir: dir} do
+    result =
+      Mix.Tasks.Dqn.Bench.run(~w(--calls 100 --steps 800 --rounds 2 --envs 2 --out) ++ [dir])
+
+    [path] = Path.wildcard(Path.join(dir, "elixir-*.json"))
+    json = File.read!(path)
+
+    for kind <-
+          ~w(port_echo bare_port_echo ping select_action in_process_act in_process_act_values) do
+      %{"median_us" => median, "p99_us" => p99, "n" => 100} = result.round_trips_us[kind]
+      assert 0 < median and median <= p99, "#{kind}: #{median} / #{p99}"
+      assert json =~ ~s("#{kind}")
+    end
+
+    assert [round, _] = result.training_steps_per_second_by_round
+    assert Map.keys(round) == ~w(elixir_1_env elixir_2_envs python_in_process)
+
+    for {name, sps} <- result.training_steps_per_second,
+        do: assert(sps > 0 and sps == median_of(result, name))
+
+    ratio = result.ratios["select_action / (port_echo + act), median (target <= 1.25)"]
+    assert is_float(ratio) and ratio > 0
+    assert Enum.any?(messages(), &(&1 =~ "| `Loop`, 2 vectorised Elixir CartPoles |"))
+  end
+
+  defp median_of(result, name) do
+    [a, b] = Enum.map(result.training_steps_per_second_by_round, & &1[name])
+    (a + b) / 2
+  end
+
+  test "dqn.bench refuses a bad --cpu and --rounds" do
+    assert_raise Mix.Error, ~r/--cpu must be a CPU number \(0 or more\), got -1/, fn ->
+      Mix.Tasks.Dqn.Bench.run(~w(--cpu -1))
+    end
+
+    assert_raise Mix.Error, ~r/--rounds must be a positive integer, got 0/, fn ->
+      Mix.Tasks.Dqn.Bench.run(~w(--rounds 0))
+    end
+  end
+
   test "every task has a shortdoc and documents its options" do
     for task <- [Mix.Tasks.Dqn.Train, Mix.Tasks.Dqn.Eval, Mix.Tasks.Dqn.Bench] do
       assert Mix.Task.shortdoc(task)
