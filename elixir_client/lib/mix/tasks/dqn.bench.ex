@@ -293,7 +293,10 @@ defmodule Mix.Tasks.Dqn.Bench do
         Map.new(runs, fn {name, run} -> {name, run.()} end)
       end
 
-    median = Map.new(runs, fn {name, _} -> {name, rounds |> Enum.map(& &1[name]) |> median()} end)
+    median =
+      Map.new(runs, fn {name, _} ->
+        {name, rounds |> Enum.map(& &1[name]) |> median() |> Float.round(1)}
+      end)
 
     %{rounds: rounds, median: median}
   end
