@@ -46,7 +46,7 @@ train: setup
 bench: setup
 	$(VPY) -m bridge bench solve
 	$(VPY) -m bridge bench protocol --cpu 0
-	MIX_ENV=dev mix dqn.bench
+	MIX_ENV=dev mix dqn.bench --cpu 0
 
 clean:
 	rm -rf _build runs .pytest_cache

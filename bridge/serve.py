@@ -11,6 +11,7 @@ inside a frame or the descriptors are missing, 3 when the parent process dies.
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import sys
 
@@ -88,6 +89,7 @@ def main(args: argparse.Namespace) -> int:
     import bridge.api
 
     bridge.api.defer_training(True)
+    gc.freeze()  # what startup built (JAX, numpy, the api) is never traced by a collection
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
                     fast_reply=bridge.api.fast_reply, spin_seconds=spin,
                     after_reply=bridge.api.run_deferred)

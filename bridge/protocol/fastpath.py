@@ -41,7 +41,8 @@ _HEADS_7 = (b"\x83h\x05d\x00\x01C", b"\x83h\x05v\x00\x01C")
 _i32 = struct.Struct(">i")
 _u32 = struct.Struct(">I")
 # The last call's bytes from the module atom to the first float, its bytes after the
-# last float, handle number, greedy, float tags and the struct that reads the floats.
+# last float, handle number, greedy, float tags, the struct that reads the floats and
+# the floats' length in bytes.
 _last: list = []
 
 # `encode` writes 0..255 as SMALL_INTEGER_EXT and the rest of int32 as INTEGER_EXT.
@@ -113,14 +114,16 @@ def parse_select_action(data: bytes) -> tuple[int, int, tuple[float, ...], bool]
             i = 7
         else:
             return None
-        call_id, i = _int(data, i)
+        if data[i] == 97:  # SMALL_INTEGER_EXT, the usual id (inlined: this runs per call)
+            call_id, i = data[i + 1], i + 2
+        else:
+            call_id, i = _int(data, i)
         # A caller repeats the same call: only the id and the floats change. The bytes
         # between them and after them are compared with the last call's at once.
-        last = _last
-        if last and data.startswith(last[0], i):
-            middle, tail, number, greedy, marks, row = last
+        if _last and data.startswith(_last[0], i):
+            middle, tail, number, greedy, marks, row, span = _last
             start = i + len(middle)
-            end = start + row.size
+            end = start + span
             if data[start:end:9] == marks and len(data) == end + len(tail) \
                     and data.endswith(tail):
                 return call_id, number, row.unpack_from(data, start), greedy
@@ -159,7 +162,7 @@ def _parse_rest(data: bytes, first: int, call_id: int):
         greedy, i = _greedy(data, i)
     if data[i] != 106 or i + 1 != len(data):
         return None
-    _last[:] = [data[first:start], data[end:], number, greedy, marks, row]
+    _last[:] = [data[first:start], data[end:], number, greedy, marks, row, row.size]
     return call_id, number, row.unpack_from(data, start), greedy
 
 
@@ -171,6 +174,8 @@ def _row(k: int) -> struct.Struct:
 
 def result_reply(call_id: int, value: int) -> bytes:
     """`encode((:r, call_id, value))` for two int32 values, without the general encoder."""
+    if 0 <= call_id < 256 and 0 <= value < 256:
+        return _REPLY_HEAD + _SMALL_INTS[call_id] + _SMALL_INTS[value]
     return _REPLY_HEAD + _int_bytes(call_id) + _int_bytes(value)
 
 

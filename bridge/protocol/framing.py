@@ -15,6 +15,7 @@ __all__ = ["DEFAULT_MAX_FRAME_BYTES", "FrameError", "FrameTooLarge", "FrameReade
 DEFAULT_MAX_FRAME_BYTES = 64 << 20
 _READ_CHUNK = 1 << 16
 _header = struct.Struct(">I")
+_unpack_header = _header.unpack_from
 
 
 class FrameError(Exception):
@@ -108,8 +109,8 @@ class FrameReader:
             if self.spin_seconds:
                 self._spin()
             chunk = os.read(self.fd, _READ_CHUNK)
-            if len(chunk) >= 4 and _header.unpack_from(chunk)[0] == len(chunk) - 4 \
-                    and len(chunk) - 4 <= self.max_frame_bytes:
+            n = len(chunk) - 4
+            if n >= 0 and _unpack_header(chunk)[0] == n and n <= self.max_frame_bytes:
                 return chunk[4:]
             if not chunk:
                 return None
