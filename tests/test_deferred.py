@@ -75,33 +75,32 @@ def test_deferred_training_in_process_matches_training_inside_step(deferring):
         api.close(handle)
 
 
-def test_updates_left_due_are_run_by_the_next_call(deferring):
+@pytest.fixture()
+def round_due(deferring):
+    """(handle, agent) of an agent whose last step left a training round due."""
     handle = api.new_agent(CONFIG)
     agent = api._agents[handle[1]]
-    try:
-        step_until_a_round_is_due(handle, agent)
-        api._due.clear()  # as if the server never got to run them
-        assert api.info(handle)["updates"] == CONFIG["gradient_steps"]
-        assert agent.pending_updates == 0
-    finally:
-        api.close(handle)
+    step_until_a_round_is_due(handle, agent)
+    yield handle, agent
+    api.close(handle)
 
 
-def test_a_failed_deferred_round_is_reported_by_the_next_call_and_then_cleared(deferring):
-    handle = api.new_agent(CONFIG)
-    agent = api._agents[handle[1]]
-    try:
-        step_until_a_round_is_due(handle, agent)
-        train_step, agent._train_step = agent._train_step, None  # the round will fail
-        api.run_deferred()  # must not raise: the server is between calls here
-        agent._train_step = train_step
-        with pytest.raises(RuntimeError, match="the training round after this agent's previous "
-                                               "step failed: TypeError: 'NoneType' object is not callable"):
-            api.select_action(handle, scripted(0)[0])
-        assert api.fast_reply(b"") is None
-        assert api.select_action(handle, scripted(0)[0]) in (0, 1)  # reported once
-    finally:
-        api.close(handle)
+def test_updates_left_due_are_run_by_the_next_call(round_due):
+    handle, agent = round_due
+    api._due.clear()  # as if the server never got to run them
+    assert api.info(handle)["updates"] == CONFIG["gradient_steps"]
+    assert agent.pending_updates == 0
+
+
+def test_a_failed_deferred_round_is_reported_by_the_next_call_and_then_cleared(round_due):
+    handle, agent = round_due
+    train_step, agent._train_step = agent._train_step, None  # the round will fail
+    api.run_deferred()  # must not raise: the server is between calls here
+    agent._train_step = train_step
+    with pytest.raises(RuntimeError, match="the training round after this agent's previous "
+                                           "step failed: TypeError: 'NoneType' object is not callable"):
+        api.select_action(handle, scripted(0)[0])
+    assert api.select_action(handle, scripted(0)[0]) in (0, 1)  # reported once
 
 
 def test_the_real_server_defers_and_matches_in_process_training():
