@@ -13,7 +13,7 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import numpy as np
@@ -181,17 +181,32 @@ class Agent:
             self._host_cache = network.unflatten_host(np.asarray(self.flat_params), self.state.params)
         return self._host_cache
 
-    def _act(self, batch: np.ndarray, greedy: bool) -> np.ndarray:
+    def _act(self, batch: np.ndarray, greedy: bool, train: Callable[[], None] | None = None) -> np.ndarray:
+        """Epsilon-greedy actions for a (n, obs_dim) batch.
+
+        `train`, when given, runs after the exploration draws and before the forward pass,
+        which still uses the params from before it: the train step is then dispatched while
+        the previous one may still be computing, and computes while this forward pass and
+        the caller's env steps run. The random numbers are drawn in the same order either
+        way (exploration, then replay sampling).
+        """
         n = len(batch)
+        explore = random_actions = None
         epsilon = self.epsilon
-        if greedy or epsilon <= 0.0:
-            return learner.greedy_actions(self._host_params(), batch, self.config.dueling)
-        explore = self.rng.random(n) < epsilon
-        random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
-        if explore.all():  # no network call at all while exploring
+        if not (greedy or epsilon <= 0.0):
+            explore = self.rng.random(n) < epsilon
+            random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
+        flat, host = self.flat_params, self._host_cache
+        if train is not None:
+            train()
+        if explore is not None and explore.all():  # no network call at all while exploring
             return random_actions
-        best = learner.greedy_actions(self._host_params(), batch, self.config.dueling)
-        return np.where(explore, random_actions, best)
+        if host is None:
+            host = network.unflatten_host(np.asarray(flat), self.state.params)
+            if flat is self.flat_params:  # nothing trained since: keep it for the next call
+                self._host_cache = host
+        best = learner.greedy_actions(host, batch, self.config.dueling)
+        return best if explore is None else np.where(explore, random_actions, best)
 
     # -------------------------------------------------------------- learning
 
@@ -284,19 +299,24 @@ class Agent:
             # Stable-Baselines3: N envs collect N transitions per training round.
             self.vector_steps += 1
             train_now = self.vector_steps % self.config.train_freq == 0
-        # Act before training: JAX dispatches the train step asynchronously, so it runs while
-        # the caller steps its envs; the next call's act waits for it. The action is chosen
-        # with params one training round older, which costs nothing measurable.
-        actions = self._act(batch, greedy=False)
-        for i in range(n):
-            self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
+        # The action is chosen with the params from before this call's training round, which
+        # costs nothing measurable in learning; the round is dispatched before the forward
+        # pass (see `_act`), so it overlaps the previous round's compute and the caller's
+        # env steps.
+        train = None
         if train_now and self._can_train():
             if defer_updates:
                 self.pending_updates += self.config.gradient_steps
             else:
-                for _ in range(self.config.gradient_steps):
-                    self._update()
+                train = self._train_round
+        actions = self._act(batch, greedy=False, train=train)
+        for i in range(n):
+            self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
         return int(actions[0]) if single else actions
+
+    def _train_round(self) -> None:
+        for _ in range(self.config.gradient_steps):
+            self._update()
 
     def run_pending_updates(self) -> None:
         """Run the updates `step(defer_updates=True)` left due, in order."""
