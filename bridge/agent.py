@@ -48,10 +48,6 @@ def env_dims(env_id: str) -> tuple[int, int]:
 class Agent:
     """A DQN agent. See the module docstring for how it is driven."""
 
-    # Class defaults, so agents restored by `checkpoint.load` have them too.
-    pending_updates = 0  # updates a deferred `step` left due
-    deferred_error: BaseException | None = None  # set by bridge.api when they failed
-
     def __init__(self, config: DQNConfig | Mapping[Any, Any] | None = None):
         if not isinstance(config, DQNConfig):
             config = DQNConfig.from_mapping(config)
@@ -265,7 +261,7 @@ class Agent:
         return {"loss": loss, "q_mean": q_mean, "updates": self.updates}
 
     def step(self, obs: Any, reward: Any = 0.0, terminated: Any = False, truncated: Any = False,
-             final_obs: Any = None, defer_updates: bool = False) -> int | np.ndarray:
+             final_obs: Any = None) -> int | np.ndarray:
         """Fused observe + train-when-due + act, for every env slot at once.
 
         Args:
@@ -275,9 +271,6 @@ class Agent:
           final_obs: for slots whose episode just ended, the last observation of that episode
             (rows of other slots are ignored). Needed to bootstrap a truncated episode correctly;
             when absent, `obs` stands in.
-          defer_updates: leave a due training round in `pending_updates` for
-            `run_pending_updates` instead of running it before returning (the server runs
-            it after sending the action, while the caller steps its envs).
         Returns:
           the next action(s). A slot's first call only acts.
         """
@@ -303,12 +296,7 @@ class Agent:
         # costs nothing measurable in learning; the round is dispatched before the forward
         # pass (see `_act`), so it overlaps the previous round's compute and the caller's
         # env steps.
-        train = None
-        if train_now and self._can_train():
-            if defer_updates:
-                self.pending_updates += self.config.gradient_steps
-            else:
-                train = self._train_round
+        train = self._train_round if train_now and self._can_train() else None
         actions = self._act(batch, greedy=False, train=train)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
@@ -316,12 +304,6 @@ class Agent:
 
     def _train_round(self) -> None:
         for _ in range(self.config.gradient_steps):
-            self._update()
-
-    def run_pending_updates(self) -> None:
-        """Run the updates `step(defer_updates=True)` left due, in order."""
-        while self.pending_updates:
-            self.pending_updates -= 1
             self._update()
 
     def begin_episodes(self) -> None:

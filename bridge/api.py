@@ -70,47 +70,8 @@ def _text_or_none(value) -> str | None:
 
 
 def _agent(handle):
-    agent = _agents[_number(_agents, "agent", handle)]
-    if agent.pending_updates or agent.deferred_error is not None:
-        _settle(agent)
-    return agent
+    return _agents[_number(_agents, "agent", handle)]
 
-
-# ------------------------------------------------------- training after the reply
-
-_deferring = False
-_due: list = []  # agents whose last `step` left a training round for `run_deferred`
-
-
-def defer_training(on: bool) -> None:
-    """With `on`, `step` sends its action before it trains: it leaves the due training
-    round to `run_deferred`, which `bridge serve` calls right after writing each reply,
-    so the round runs while the caller steps its envs instead of before it gets its
-    action. Nothing else changes: the round still runs before the next call is read,
-    with the same random numbers, so results are identical either way. Off by default
-    (in process there is no reply to send first)."""
-    global _deferring
-    _deferring = bool(on)
-
-
-def run_deferred() -> None:
-    """Run the training rounds left due by `step` (see `defer_training`). An error is
-    kept and reported by the agent's next call, never lost."""
-    while _due:
-        agent = _due.pop()
-        try:
-            agent.run_pending_updates()
-        except Exception as exc:  # noqa: BLE001 - reported by the next call
-            agent.pending_updates = 0
-            agent.deferred_error = exc
-
-
-def _settle(agent) -> None:
-    agent.run_pending_updates()  # left by a step whose caller did not call run_deferred
-    exc, agent.deferred_error = agent.deferred_error, None
-    if exc is not None:
-        raise RuntimeError(f"the training round after this agent's previous step failed: "
-                           f"{type(exc).__name__}: {exc}") from exc
 
 
 def _env(handle):
@@ -192,7 +153,7 @@ def fast_reply(payload: bytes) -> bytes | None:
         return None
     call_id, number, values, greedy = call
     agent = _agents.get(number)
-    if agent is None or agent.pending_updates or agent.deferred_error is not None:
+    if agent is None:
         return None
     action = agent.act_values(values, greedy)
     return None if action is None else result_reply(call_id, action)
@@ -240,9 +201,7 @@ def step(handle, obs, reward, terminated, truncated, final_obs=None):
     final = None if is_nil(final_obs) else _obs(final_obs, "final_obs")
     actions = agent.step(_obs(obs), _per_slot(reward, as_float, np.float64, "reward"),
                          _flags(terminated, "terminated"), _flags(truncated, "truncated"),
-                         final, defer_updates=_deferring)
-    if agent.pending_updates:
-        _due.append(agent)
+                         final)
     return _actions_result(actions)
 
 

@@ -88,9 +88,7 @@ def main(args: argparse.Namespace) -> int:
         watch_parent(reply_fd=out_fd, input_fd=in_fd)
     import bridge.api
 
-    bridge.api.defer_training(True)
     gc.freeze()  # what startup built (JAX, numpy, the api) is never traced by a collection
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
-                    fast_reply=bridge.api.fast_reply, spin_seconds=spin,
-                    after_reply=bridge.api.run_deferred)
+                    fast_reply=bridge.api.fast_reply, spin_seconds=spin)
     return server.serve()

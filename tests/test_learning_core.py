@@ -212,6 +212,30 @@ def _leaves(agent):
                                                      agent.state.opt_state))]
 
 
+def test_step_acts_with_the_params_from_before_its_training_round():
+    """The fused step dispatches its due training round before the forward pass; the
+    action must still come from the params the round started from."""
+    from bridge import learner, network
+
+    agent = Agent(DQNConfig(seed=2, hidden_sizes=(16,), learning_starts=32, batch_size=16,
+                            eps_start=0.0, eps_end=0.0, lr=0.05))
+    rng = np.random.default_rng(0)
+    agent.step(rng.normal(size=4).astype(np.float32))
+    checked = 0
+    for _ in range(300):
+        obs = rng.normal(size=4).astype(np.float32)
+        before = network.unflatten_host(np.asarray(agent.flat_params), agent.state.params)
+        updates = agent.updates
+        action = agent.step(obs, 1.0, False, False)
+        expected = int(learner.greedy_actions(before, obs[None], False)[0])
+        assert action == expected
+        if agent.updates > updates:
+            after = network.unflatten_host(np.asarray(agent.flat_params), agent.state.params)
+            assert not np.array_equal(after[0][0], before[0][0])  # the round did run
+            checked += 1
+    assert checked > 200
+
+
 @pytest.mark.parametrize("prioritized", [False, True])
 def test_resume_from_checkpoint_is_bit_identical_to_a_straight_run(tmp_path, prioritized):
     config = DQNConfig.from_mapping({**SMALL, "seed": 7, "prioritized": prioritized})

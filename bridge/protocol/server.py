@@ -73,14 +73,12 @@ class Server:
         exactly as the general path would; if it raises, the general path answers.
       spin_seconds: after each reply, wait this long for the next frame without
         sleeping (see `FrameReader`); 0 blocks at once.
-      after_reply: optional; called after each reply is written, before the next frame
-        is read: work the caller need not wait for. It must not raise.
     """
 
     def __init__(self, functions: Mapping[str, Callable], module: str, in_fd: int,
                  out_fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
                  fast_reply: Callable[[bytes], bytes | None] | None = None,
-                 spin_seconds: float = 0.0, after_reply: Callable[[], None] | None = None):
+                 spin_seconds: float = 0.0):
         self.functions = dict(functions)
         self.module = module
         self.in_fd = in_fd
@@ -88,7 +86,6 @@ class Server:
         self.max_frame_bytes = max_frame_bytes
         self.fast_reply = fast_reply
         self.spin_seconds = spin_seconds
-        self.after_reply = after_reply or _nothing
         self._arity = {name: _arity(fn) for name, fn in self.functions.items()}
 
     def serve(self) -> int:
@@ -97,7 +94,7 @@ class Server:
         breaks inside a frame (the message goes to stderr)."""
         reader = FrameReader(self.in_fd, self.max_frame_bytes, self.spin_seconds)
         read, handle, out_fd = reader.read, self.handle, self.out_fd
-        fast, after_reply = self.fast_reply or _no_fast_reply, self.after_reply
+        fast = self.fast_reply or _no_fast_reply
         try:
             while True:
                 try:
@@ -114,7 +111,6 @@ class Server:
                     if reply is None:
                         reply = handle(payload)
                 write_all(out_fd, frame(reply))
-                after_reply()
         except FrameError as exc:
             print(f"bridge serve: {exc}", file=sys.stderr, flush=True)
             return 2
@@ -179,10 +175,6 @@ class Server:
 
 def _no_fast_reply(payload: bytes) -> None:
     return None
-
-
-def _nothing() -> None:
-    pass
 
 
 def _brief(value) -> str:
