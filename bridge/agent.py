@@ -164,21 +164,15 @@ class Agent:
     def set_state(self, state: learner.TrainState) -> None:
         """Replace the learner state (used by checkpoint loading)."""
         self.state = state
-        self.flat_params = learner.flatten_params(state.params)  # device copy; see _host_params
-        self._host_cache: list | None = None
-
-    def _host_params(self) -> list:
-        """The online params as numpy arrays, fetched (one transfer) only after they changed.
-
-        Acting runs on the host: a forward pass of a small net in numpy costs a few
-        microseconds, a device dispatch tens, and the BEAM waits for every one of them.
-        """
-        if self._host_cache is None:
-            self._host_cache = network.unflatten_host(np.asarray(self.flat_params), self.state.params)
-        return self._host_cache
+        self.flat_params = learner.flatten_params(state.params)  # device copy; see _act
+        self._host_cache: list | None = None  # flat_params as numpy arrays, once fetched
 
     def _act(self, batch: np.ndarray, greedy: bool, train: Callable[[], None] | None = None) -> np.ndarray:
         """Epsilon-greedy actions for a (n, obs_dim) batch.
+
+        Acting runs on the host: a forward pass of a small net in numpy costs a few
+        microseconds, a device dispatch tens, and the BEAM waits for every one of them. The
+        params are fetched from the device (one transfer) only after they changed.
 
         `train`, when given, runs after the exploration draws and before the forward pass,
         which still uses the params from before it: the train step is then dispatched while

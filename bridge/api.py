@@ -73,7 +73,6 @@ def _agent(handle):
     return _agents[_number(_agents, "agent", handle)]
 
 
-
 def _env(handle):
     return _envs[_number(_envs, "env", handle)]
 

@@ -6,8 +6,8 @@ from __future__ import annotations
 
 import os
 import select
-import time
 import struct
+import time
 
 __all__ = ["DEFAULT_MAX_FRAME_BYTES", "FrameError", "FrameTooLarge", "FrameReader",
            "frame", "write_all"]
