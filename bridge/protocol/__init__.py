@@ -1,7 +1,8 @@
 """The wire: Erlang term codec and normalisation (etf), packet-4 framing, the call loop.
 
 Knows nothing of reinforcement learning; `bridge.serve` hands the server the allowlist of
-`bridge.api`.
+`bridge.api`. The one exception is `fastpath`, which recognises the bytes of the usual
+`bridge.api` `select_action` call so that the api can answer it without a full decode.
 """
 from bridge.protocol.etf import (Atom, DecodeError, EncodeError, as_array, as_bool,
                                  as_float, as_int, as_mapping, as_options, as_text,
