@@ -6,6 +6,7 @@ the same random stream), and compares the reply bytes.
 """
 from __future__ import annotations
 
+import ast
 import math
 import random
 import shutil
@@ -121,7 +122,7 @@ def test_the_frame_a_real_erl_writes_is_served(twins, server):
                   f"[{{minor_version, 1}}]))]), halt().")
         out = subprocess.run(["erl", "-noshell", "-eval", script], capture_output=True,
                              text=True, timeout=60, check=True).stdout
-        frames.append(bytes(eval(out)))  # a list of byte values printed by erl
+        frames.append(bytes(ast.literal_eval(out)))  # a list of byte values printed by erl
     assert_same(server, *frames)
 
 
