@@ -153,7 +153,7 @@ defmodule Mix.Tasks.DqnTasksTest do
     assert Map.keys(round) == ~w(elixir_1_env elixir_2_envs python_in_process)
 
     for {name, sps} <- result.training_steps_per_second,
-        do: assert(sps > 0 and abs(sps - median_of(result, name)) <= 0.05)
+        do: assert(sps > 0 and sps == Float.round(median_of(result, name), 1))
 
     ratio = result.ratios["select_action / (port_echo + act), median (target <= 1.25)"]
     assert is_float(ratio) and ratio > 0
