@@ -25,6 +25,16 @@ from bridge.replay import ReplayBuffer
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
+def _finite_f32(values: tuple[float, ...], length: int) -> bool:
+    """Whether `values` are `length` floats that stay finite as float32."""
+    if len(values) != length:
+        return False
+    for v in values:
+        if not -_F32_MAX <= v <= _F32_MAX:  # also False for NaN
+            return False
+    return True
+
+
 def env_dims(env_id: str) -> tuple[int, int]:
     """(obs_dim, n_actions) of a gymnasium env with a flat Box observation and Discrete actions."""
     import gymnasium as gym
@@ -119,6 +129,9 @@ class Agent:
             raise ValueError(f"{name} has shape {list(arr.shape)}; expected one value per env slot ({n})")
         if dtype == np.float64 and not np.isfinite(arr).all():
             raise ValueError(f"{name} contains a non-finite value: {arr.tolist()}")
+        if dtype == np.float64 and (np.abs(arr) > _F32_MAX).any():  # replay rows are float32
+            raise ValueError(f"{name} holds {float(arr[np.abs(arr) > _F32_MAX][0])!r}, beyond the range of "
+                             f"float32 (largest magnitude {_F32_MAX:.6g})")
         if dtype == np.int64 and ((arr < 0) | (arr >= self.n_actions)).any():
             bad = arr[(arr < 0) | (arr >= self.n_actions)][0]  # checked before the cast, which could wrap
             raise ValueError(f"{name} {int(bad)} is out of range; allowed actions are 0..{self.n_actions - 1}")
@@ -154,11 +167,8 @@ class Agent:
         recognises. Returns None, consuming no randomness, when `values` is not an
         observation `act` would accept as is (wrong length, or a value that is not a
         finite float32); `act` then takes it and says what is wrong."""
-        if len(values) != self.obs_dim:
+        if not _finite_f32(values, self.obs_dim):
             return None
-        for v in values:
-            if not -_F32_MAX <= v <= _F32_MAX:  # also False for NaN
-                return None
         return int(self._act(np.array((values,), dtype=np.float32), greedy)[0])
 
     def set_state(self, state: learner.TrainState) -> None:
@@ -275,6 +285,32 @@ class Agent:
         final = self._obs(final_obs, "final_obs")[0] if final_obs is not None else batch
         if len(final) != n:
             raise ValueError(f"final_obs has {len(final)} rows but obs has {n}")
+        actions = self._step(batch, rewards, term, trunc, final)
+        return int(actions[0]) if single else actions
+
+    def step_values(self, values: tuple[float, ...], reward: float, terminated: bool, truncated: bool,
+                    final_values: tuple[float, ...] | None = None) -> int | None:
+        """`step` for one env slot given as Python values, checked in Python: the port's
+        fast lane calls it for every `step` frame it recognises. Returns None, having
+        changed nothing, when an argument is not one `step` would accept as is (wrong
+        length, a value that is not a finite float32, a non-finite reward); `step` then
+        takes the call and says what is wrong."""
+        if not _finite_f32(values, self.obs_dim) or not -_F32_MAX <= reward <= _F32_MAX:
+            return None
+        batch = np.array((values,), dtype=np.float32)
+        if final_values is None:
+            final = batch
+        elif _finite_f32(final_values, self.obs_dim):
+            final = np.array((final_values,), dtype=np.float32)
+        else:
+            return None
+        actions = self._step(batch, np.array((reward,)), np.array((terminated,)), np.array((truncated,)), final)
+        return int(actions[0])
+
+    def _step(self, batch: np.ndarray, rewards: np.ndarray, term: np.ndarray, trunc: np.ndarray,
+              final: np.ndarray) -> np.ndarray:
+        """`step` on checked arrays, one row per env slot."""
+        n = len(batch)
         slots = [i for i in range(n) if i in self.prev_obs]
         train_now = False
         if slots:
@@ -294,7 +330,7 @@ class Agent:
         actions = self._act(batch, greedy=False, train=train)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
-        return int(actions[0]) if single else actions
+        return actions
 
     def _train_round(self) -> None:
         for _ in range(self.config.gradient_steps):

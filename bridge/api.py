@@ -30,7 +30,7 @@ import numpy as np
 
 from bridge.protocol import (as_array, as_bool, as_float, as_int, as_options, as_text,
                              describe, is_nil, to_builtin)
-from bridge.protocol.fastpath import parse_select_action, result_reply
+from bridge.protocol.fastpath import CallFailed, parse_select_action, parse_step, result_reply
 
 __all__ = ["new_agent", "select_action", "observe", "optimize", "step", "begin_episodes",
            "save", "load", "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
@@ -143,18 +143,29 @@ def select_action(handle, obs, opts=None):
 
 
 def fast_reply(payload: bytes) -> bytes | None:
-    """The encoded reply to a `select_action` frame on one observation, computed without
-    the general decode/normalise/encode path; None for every other frame and for any
-    call this cannot answer as is (the server's general path then answers it, errors
-    included). Not in `__all__`: the server calls it before decoding a frame."""
+    """The encoded reply to a `select_action` or `step` frame for one env slot, computed
+    without the general decode/normalise/encode path; None for every other frame and for
+    any call this cannot answer as is (the server's general path then answers it, errors
+    included). A `step` that fails once it has started raises CallFailed: its error is
+    the reply, and the call is not run again. Not in `__all__`: the server calls it
+    before decoding a frame."""
     call = parse_select_action(payload)
+    if call is not None:
+        call_id, number, values, greedy = call
+        agent = _agents.get(number)
+        action = None if agent is None else agent.act_values(values, greedy)
+        return None if action is None else result_reply(call_id, action)
+    call = parse_step(payload)
     if call is None:
         return None
-    call_id, number, values, greedy = call
+    call_id, number, values, reward, terminated, truncated, final = call
     agent = _agents.get(number)
     if agent is None:
         return None
-    action = agent.act_values(values, greedy)
+    try:
+        action = agent.step_values(values, reward, terminated, truncated, final)
+    except Exception as exc:
+        raise CallFailed(call_id) from exc
     return None if action is None else result_reply(call_id, action)
 
 

@@ -13,11 +13,12 @@ import shutil
 import struct
 import subprocess
 
+import numpy as np
 import pytest
 
 import bridge.api as api
 from bridge.protocol import Atom, decode, encode
-from bridge.protocol.fastpath import parse_select_action, result_reply
+from bridge.protocol.fastpath import parse_select_action, parse_step, result_reply
 from bridge.protocol.server import Server
 from bridge.serve import functions
 from bridge.wirebench import mutate
@@ -218,3 +219,156 @@ def test_result_reply_matches_the_encoder():
     for call_id in (0, 255, 256, -1, 2**31 - 1, -(2**31)):
         for value in (0, 1, 17, 300):
             assert result_reply(call_id, value) == encode((Atom("r"), call_id, value))
+
+
+# --------------------------------------------------------------------------- step
+
+STEP_CONFIG = dict(SMALL, learning_starts=40, batch_size=16, eps_decay_steps=300)
+
+
+def step_call(call_id, handle, obs, reward, terminated, truncated, *final):
+    return call(call_id, handle, obs, reward, terminated, truncated, *final, function="step")
+
+
+def stream(n: int, seed: int = 0):
+    """(obs, reward, terminated, truncated, final or no final) for n steps of a fake episode
+    stream: episodes end every 23 steps (terminated) or 31 (truncated)."""
+    rng = random.Random(seed)
+    reward, terminated, truncated, last = 0.0, False, False, None
+    for i in range(n):
+        obs = [rng.uniform(-1, 1) for _ in range(4)]
+        final = (last,) if (terminated or truncated) else rng.choice([(), (None,)])
+        yield obs, reward, terminated, truncated, final
+        last, reward = obs, rng.choice([1.0, 0.5, 1])
+        terminated, truncated = i % 23 == 22, i % 31 == 30
+
+
+@pytest.fixture()
+def step_twins():
+    handles = api.new_agent(STEP_CONFIG), api.new_agent(STEP_CONFIG)
+    yield handles
+    for handle in handles:
+        api.close(handle)
+
+
+def test_step_replies_and_training_are_those_of_the_general_path(step_twins, server):
+    a, b = step_twins
+    for i, (obs, reward, terminated, truncated, final) in enumerate(stream(400)):
+        assert_same(server, step_call(i, a, obs, reward, terminated, truncated, *final),
+                    step_call(i, b, obs, reward, terminated, truncated, *final))
+    lane, general = api._agents[a[1]], api._agents[b[1]]
+    assert lane.updates == general.updates > 300 and lane.env_steps == general.env_steps
+    np.testing.assert_array_equal(np.asarray(lane.flat_params), np.asarray(general.flat_params))
+    assert api.info(a) == api.info(b)
+
+
+def test_step_frames_as_otp_24_writes_them(step_twins, server):
+    a, b = step_twins
+    for i, (obs, reward, terminated, truncated, final) in enumerate(stream(60)):
+        frames = [encode((Atom("C"), i, Atom("bridge.api"), Atom("step"),
+                          [(h[0].encode(), h[1]), obs, reward, terminated, truncated, *final]))
+                  for h in (a, b)]
+        assert_same(server, *[as_atom_ext(f) for f in frames])
+
+
+def as_atom_ext(frame: bytes) -> bytes:
+    """The frame with every SMALL_ATOM_UTF8_EXT rewritten as ATOM_EXT, as OTP 24 writes."""
+    out, i = bytearray(), 0
+    known = [b"C", b"bridge.api", b"step", b"true", b"false", b"nil"]
+    while i < len(frame):
+        for name in known:
+            piece = bytes((119, len(name))) + name
+            if frame.startswith(piece, i):
+                out += atom_ext(name.decode())
+                i += len(piece)
+                break
+        else:
+            out.append(frame[i])
+            i += 1
+    return bytes(out)
+
+
+def test_step_frames_the_lane_declines_change_nothing(step_twins, server):
+    a, _ = step_twins
+    obs = OBS
+    frames = {
+        "integers in obs": step_call(1, a, [0, 1, 0, 1], 1.0, False, False),
+        "NaN in obs": step_call(1, a, [math.nan, 0.0, 0.0, 0.0], 1.0, False, False),
+        "short obs": step_call(1, a, obs[:3], 1.0, False, False),
+        "batch": step_call(1, a, [obs, obs], 1.0, False, False),
+        "NaN reward": step_call(1, a, obs, math.nan, False, False),
+        "reward beyond float32": step_call(1, a, obs, 1e300, False, False),
+        "reward a string": step_call(1, a, obs, "1", False, False),
+        "flag not a bool": step_call(1, a, obs, 1.0, 0, False),
+        "final_obs short": step_call(1, a, obs, 1.0, True, False, obs[:2]),
+        "final_obs a string": step_call(1, a, obs, 1.0, True, False, "x"),
+        "missing truncated": call(1, a, obs, 1.0, False, function="step"),
+        "extra argument": step_call(1, a, obs, 1.0, False, False, None, None),
+        "unknown handle": step_call(1, ("agent", 999_999), obs, 1.0, False, False),
+    }
+    agent = api._agents[a[1]]
+    for name, data in frames.items():
+        before = (agent.env_steps, agent.vector_steps, dict(agent.prev_obs).keys())
+        assert api.fast_reply(data) is None, name
+        assert (agent.env_steps, agent.vector_steps, dict(agent.prev_obs).keys()) == before, name
+        reply = decode(server.handle(data))
+        assert reply[0] == ("r" if name in ("integers in obs", "batch") else "e"), name
+    message = decode(server.handle(frames["reward beyond float32"]))[2][2]
+    assert message == b"reward holds 1e+300, beyond the range of float32 (largest magnitude 3.40282e+38)"
+
+
+def test_a_step_that_fails_once_started_is_reported_once_and_not_rerun(step_twins):
+    """Through the real serve loop: training raises inside the lane's step; the reply is
+    the error, the transition is stored exactly once, and the next call works."""
+    import os
+    import threading
+
+    from bridge.protocol import FrameReader, frame
+
+    a, _ = step_twins
+    agent = api._agents[a[1]]
+    for i, (obs, reward, terminated, truncated, final) in enumerate(stream(100)):
+        api.step(a, obs, reward, terminated, truncated, *final)
+    to_server, from_client = os.pipe()
+    to_client, from_server = os.pipe()
+    served = Server(functions(), "bridge.api", to_server, from_server, fast_reply=api.fast_reply)
+    thread = threading.Thread(target=served.serve)
+    thread.start()
+    replies = FrameReader(to_client)
+    train_step, agent._train_step = agent._train_step, None
+    try:
+        steps = agent.env_steps
+        os.write(from_client, frame(step_call(7, a, OBS, 1.0, False, False)))
+        tag, call_id, (_, cls, message, tb) = decode(replies.read())
+        assert (tag, call_id, cls) == ("e", 7, "builtins.TypeError")
+        assert b"'NoneType' object is not callable" in message and tb
+        assert agent.env_steps == steps + 1  # stored once: the general path did not rerun it
+    finally:
+        agent._train_step = train_step
+    os.write(from_client, frame(step_call(8, a, OBS, 1.0, False, False)))
+    assert decode(replies.read())[:2] == ("r", 8)
+    os.close(from_client)
+    thread.join(10)
+    assert not thread.is_alive()
+    for fd in (to_server, from_server, to_client):
+        os.close(fd)
+
+
+def test_mutated_step_frames_never_disagree(step_twins, server):
+    a, b = step_twins
+    rng = random.Random(5)
+    served = 0
+    for i, (obs, reward, terminated, truncated, final) in enumerate(stream(1500, seed=3)):
+        data = step_call(i % 300, a, obs, reward, terminated, truncated, *final)
+        if rng.random() < 0.8:
+            data = mutate(rng, data)
+        parsed = parse_step(data)
+        if parsed is None or parsed[1] != a[1]:
+            continue  # a frame for another agent (or none) would desynchronise the twins
+        twin = data.replace(encode(a)[1:], encode(b)[1:])
+        reply = api.fast_reply(data)
+        if reply is None:
+            continue
+        served += 1
+        assert reply == server.handle(twin)
+    assert served > 250

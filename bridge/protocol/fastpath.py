@@ -26,11 +26,12 @@ from __future__ import annotations
 import functools
 import struct
 
-__all__ = ["parse_select_action", "result_reply"]
+__all__ = ["CallFailed", "parse_select_action", "parse_step", "result_reply"]
 
 _REPLY_HEAD = b"\x83h\x03w\x01r"  # {:r, ...}, as `encode` writes it
 _MODULE = b"bridge.api"
 _FUNCTION = b"select_action"
+_STEP = b"step"
 _AGENT = b"agent"
 _GREEDY = b"greedy"
 
@@ -40,6 +41,7 @@ _HEADS_7 = (b"\x83h\x05d\x00\x01C", b"\x83h\x05v\x00\x01C")
 
 _i32 = struct.Struct(">i")
 _u32 = struct.Struct(">I")
+_f64 = struct.Struct(">d")
 # The last call's bytes from the module atom to the first float, its bytes after the
 # last float, handle number, greedy, float tags, the struct that reads the floats and
 # the floats' length in bytes.
@@ -164,6 +166,90 @@ def _parse_rest(data: bytes, first: int, call_id: int):
         return None
     _last[:] = [data[first:start], data[end:], number, greedy, marks, row, row.size]
     return call_id, number, row.unpack_from(data, start), greedy
+
+
+def _floats(data: bytes, i: int) -> tuple[tuple[float, ...], int]:
+    """A non-empty list of NEW_FLOAT_EXT floats at `i`, and the offset after it."""
+    if data[i] != 108:
+        raise _Decline
+    k = _u32.unpack_from(data, i + 1)[0]
+    start, end = i + 5, i + 5 + 9 * k
+    if k == 0 or end >= len(data) or data[start:end:9] != b"F" * k or data[end] != 106:
+        raise _Decline
+    return _row(k).unpack_from(data, start), end + 1
+
+
+def _number(data: bytes, i: int) -> tuple[float, int]:
+    if data[i] == 70:  # NEW_FLOAT_EXT
+        return _f64.unpack_from(data, i + 1)[0], i + 9
+    return _int(data, i)
+
+
+def _bool(data: bytes, i: int) -> tuple[bool, int]:
+    name, i = _atom(data, i)
+    if name == b"true":
+        return True, i
+    if name != b"false":
+        raise _Decline
+    return False, i
+
+
+def parse_step(data: bytes):
+    """(call id, agent handle number, obs floats, reward, terminated, truncated, final_obs
+    floats or None) of a `step` call for one env slot, or None for any other frame:
+
+        {:C, id, :"bridge.api", :step, [{tag, n}, [f...], reward, terminated, truncated]}
+        {:C, id, :"bridge.api", :step, [{tag, n}, [f...], reward, terminated, truncated,
+                                        nil | [f...]]}
+
+    with `reward` a float or an integer and the flags `true`/`false`."""
+    try:
+        if data.startswith(_HEADS_6):
+            i = 6
+        elif data.startswith(_HEADS_7):
+            i = 7
+        else:
+            return None
+        call_id, i = _int(data, i)
+        name, i = _atom(data, i)
+        if name != _MODULE:
+            return None
+        name, i = _atom(data, i)
+        if name != _STEP or data[i] != 108:
+            return None
+        n_args = _u32.unpack_from(data, i + 1)[0]
+        if (n_args != 5 and n_args != 6) or data[i + 5] != 104 or data[i + 6] != 2:
+            return None
+        tag, i = _text(data, i + 7)
+        if tag != _AGENT:
+            return None
+        number, i = _int(data, i)
+        values, i = _floats(data, i)
+        reward, i = _number(data, i)
+        terminated, i = _bool(data, i)
+        truncated, i = _bool(data, i)
+        final = None
+        if n_args == 6:
+            if data[i] == 108:
+                final, i = _floats(data, i)
+            else:
+                name, i = _atom(data, i)
+                if name != b"nil":
+                    return None
+        if data[i] != 106 or i + 1 != len(data):
+            return None
+    except (_Decline, IndexError, struct.error):
+        return None
+    return call_id, number, values, float(reward), terminated, truncated, final
+
+
+class CallFailed(Exception):
+    """A call the lane ran that then failed: the server replies with the error (the
+    exception's __cause__), and must not run the call again down the general path."""
+
+    def __init__(self, call_id: int):
+        super().__init__(call_id)
+        self.call_id = call_id
 
 
 @functools.lru_cache(maxsize=64)

@@ -25,6 +25,7 @@ import traceback
 from typing import Callable, Mapping
 
 from bridge.protocol.etf import Atom, DecodeError, EncodeError, decode, decode_call_id, encode
+from bridge.protocol.fastpath import CallFailed
 from bridge.protocol.framing import (DEFAULT_MAX_FRAME_BYTES, FrameError, FrameReader,
                                      FrameTooLarge, frame, write_all)
 
@@ -70,7 +71,9 @@ class Server:
       max_frame_bytes: longer frames are skipped and answered with an error.
       fast_reply: optional; given a frame's payload, the encoded reply, or None to leave
         the frame to the general path (see `bridge.protocol.fastpath`). It must answer
-        exactly as the general path would; if it raises, the general path answers.
+        exactly as the general path would. If it raises CallFailed, the call ran and
+        failed, and its cause is the error reply; if it raises anything else, the
+        general path answers.
       spin_seconds: after each reply, wait this long for the next frame without
         sleeping (see `FrameReader`); 0 blocks at once.
     """
@@ -106,6 +109,8 @@ class Server:
                         return 0
                     try:
                         reply = fast(payload)
+                    except CallFailed as failed:  # it ran and failed: report, never rerun
+                        reply = self._error_reply(failed.call_id, failed.__cause__, with_tb=True)
                     except Exception:  # noqa: BLE001 - the general path reports it
                         reply = None
                     if reply is None:
