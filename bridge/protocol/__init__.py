@@ -2,7 +2,8 @@
 
 Knows nothing of reinforcement learning; `bridge.serve` hands the server the allowlist of
 `bridge.api`. The one exception is `fastpath`, which recognises the bytes of the usual
-`bridge.api` `select_action` call so that the api can answer it without a full decode.
+`bridge.api` `select_action` and `step` calls so that the api can answer them without a
+full decode.
 """
 from bridge.protocol.etf import (Atom, DecodeError, EncodeError, as_array, as_bool,
                                  as_float, as_int, as_mapping, as_options, as_text,

@@ -1,4 +1,4 @@
-"""A fast lane for the call a control loop makes most: one observation in, one action out.
+"""Fast lanes for the calls a control loop makes most: one observation in, one action out.
 
 `select_action` is cheap to compute (a forward pass of a small net on the host, ~10 µs)
 and waits on the wire on every env step, so the general path's fixed cost (decode the
@@ -12,7 +12,8 @@ from bytes:
 
 with `id` and `n` small or 32-bit integers, `tag` an atom or a binary, every `f` a float
 (NEW_FLOAT_EXT, as `term_to_binary` writes floats), and `opts` nil, `[]` or
-`%{greedy: true | false}`.
+`%{greedy: true | false}`. The fused `step` of one env slot has a lane too (`parse_step`):
+the general path costs it ~35 µs, on every env step of an Elixir-driven training loop.
 
 The lane only ever accepts or declines: any other shape, any byte it does not expect,
 and anything the caller's check refuses (an unknown handle, a wrong length, a value that
