@@ -30,7 +30,7 @@ import numpy as np
 
 from bridge.protocol import (as_array, as_bool, as_float, as_int, as_options, as_text,
                              describe, is_nil, to_builtin)
-from bridge.protocol.fastpath import CallFailed, parse_select_action, parse_step, result_reply
+from bridge.protocol.fastpath import CallFailed, parse_call, result_reply
 
 __all__ = ["new_agent", "select_action", "observe", "optimize", "step", "begin_episodes",
            "save", "load", "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
@@ -149,23 +149,21 @@ def fast_reply(payload: bytes) -> bytes | None:
     included). A `step` that fails once it has started raises CallFailed: its error is
     the reply, and the call is not run again. Not in `__all__`: the server calls it
     before decoding a frame."""
-    call = parse_select_action(payload)
-    if call is not None:
-        call_id, number, values, greedy = call
-        agent = _agents.get(number)
-        action = None if agent is None else agent.act_values(values, greedy)
-        return None if action is None else result_reply(call_id, action)
-    call = parse_step(payload)
+    call = parse_call(payload)
     if call is None:
         return None
-    call_id, number, values, reward, terminated, truncated, final = call
-    agent = _agents.get(number)
+    agent = _agents.get(call[2])
     if agent is None:
         return None
-    try:
-        action = agent.step_values(values, reward, terminated, truncated, final)
-    except Exception as exc:
-        raise CallFailed(call_id) from exc
+    if call[0] == "select_action":
+        _, call_id, _, values, greedy = call
+        action = agent.act_values(values, greedy)
+    else:
+        _, call_id, _, values, reward, terminated, truncated, final = call
+        try:
+            action = agent.step_values(values, reward, terminated, truncated, final)
+        except Exception as exc:
+            raise CallFailed(call_id) from exc
     return None if action is None else result_reply(call_id, action)
 
 

@@ -18,7 +18,7 @@ import pytest
 
 import bridge.api as api
 from bridge.protocol import Atom, decode, encode
-from bridge.protocol.fastpath import parse_select_action, parse_step, result_reply
+from bridge.protocol.fastpath import parse_call, result_reply
 from bridge.protocol.server import Server
 from bridge.serve import functions
 from bridge.wirebench import mutate
@@ -81,7 +81,7 @@ def test_replies_are_those_of_the_general_path(twins, server, call_id):
                                           ({Atom("greedy"): False}, False)])
 def test_options_nil_empty_and_greedy_map(twins, server, opts, greedy):
     a, b = twins
-    assert parse_select_action(call(1, a, OBS, opts))[3] is greedy
+    assert parse_call(call(1, a, OBS, opts))[4] is greedy
     assert_same(server, call(1, a, OBS, opts), call(1, b, OBS, opts))
 
 
@@ -362,8 +362,8 @@ def test_mutated_step_frames_never_disagree(step_twins, server):
         data = step_call(i % 300, a, obs, reward, terminated, truncated, *final)
         if rng.random() < 0.8:
             data = mutate(rng, data)
-        parsed = parse_step(data)
-        if parsed is None or parsed[1] != a[1]:
+        parsed = parse_call(data)
+        if parsed is None or parsed[0] != "step" or parsed[2] != a[1]:
             continue  # a frame for another agent (or none) would desynchronise the twins
         twin = data.replace(encode(a)[1:], encode(b)[1:])
         reply = api.fast_reply(data)

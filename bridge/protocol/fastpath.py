@@ -12,7 +12,7 @@ from bytes:
 
 with `id` and `n` small or 32-bit integers, `tag` an atom or a binary, every `f` a float
 (NEW_FLOAT_EXT, as `term_to_binary` writes floats), and `opts` nil, `[]` or
-`%{greedy: true | false}`. The fused `step` of one env slot has a lane too (`parse_step`):
+`%{greedy: true | false}`. The fused `step` of one env slot has a lane too:
 the general path costs it ~35 µs, on every env step of an Elixir-driven training loop.
 
 The lane only ever accepts or declines: any other shape, any byte it does not expect,
@@ -27,12 +27,13 @@ from __future__ import annotations
 import functools
 import struct
 
-__all__ = ["CallFailed", "parse_select_action", "parse_step", "result_reply"]
+__all__ = ["CallFailed", "parse_call", "result_reply"]
 
 _REPLY_HEAD = b"\x83h\x03w\x01r"  # {:r, ...}, as `encode` writes it
 _MODULE = b"bridge.api"
 _FUNCTION = b"select_action"
 _STEP = b"step"
+_SELECT_ACTION, _STEP_CALL = "select_action", "step"  # the kinds parse_call returns
 _AGENT = b"agent"
 _GREEDY = b"greedy"
 
@@ -43,9 +44,9 @@ _HEADS_7 = (b"\x83h\x05d\x00\x01C", b"\x83h\x05v\x00\x01C")
 _i32 = struct.Struct(">i")
 _u32 = struct.Struct(">I")
 _f64 = struct.Struct(">d")
-# The last call's bytes from the module atom to the first float, its bytes after the
-# last float, handle number, greedy, float tags, the struct that reads the floats and
-# the floats' length in bytes.
+# The last select_action call's bytes from the module atom to the first float, its bytes
+# after the last float, handle number, greedy, float tags and the struct that reads the
+# floats.
 _last: list = []
 
 # `encode` writes 0..255 as SMALL_INTEGER_EXT and the rest of int32 as INTEGER_EXT.
@@ -106,10 +107,14 @@ def _greedy(data: bytes, i: int) -> tuple[bool, int]:
     return False, i
 
 
-def parse_select_action(data: bytes) -> tuple[int, int, tuple[float, ...], bool] | None:
-    """(call id, agent handle number, the observation's floats, greedy) of a
-    `select_action` call on one observation, or None for any other frame (which the
-    general path then decodes and answers)."""
+def parse_call(data: bytes) -> tuple | None:
+    """The parts of a call a lane serves, or None for any other frame (which the general
+    path then decodes and answers):
+
+      ("select_action", call id, agent handle number, the observation's floats, greedy)
+      ("step", call id, agent handle number, obs floats, reward, terminated, truncated,
+       final_obs floats or None)
+    """
     try:
         if data.startswith(_HEADS_6):
             i = 6
@@ -121,52 +126,57 @@ def parse_select_action(data: bytes) -> tuple[int, int, tuple[float, ...], bool]
             call_id, i = data[i + 1], i + 2
         else:
             call_id, i = _int(data, i)
-        # A caller repeats the same call: only the id and the floats change. The bytes
-        # between them and after them are compared with the last call's at once.
+        # A caller repeats the same select_action call: only the id and the floats change.
+        # The bytes between them and after them are compared with the last call's at once.
         if _last and data.startswith(_last[0], i):
-            middle, tail, number, greedy, marks, row, span = _last
+            middle, tail, number, greedy, marks, row = _last
             start = i + len(middle)
-            end = start + span
+            end = start + row.size
             if data[start:end:9] == marks and len(data) == end + len(tail) \
                     and data.endswith(tail):
-                return call_id, number, row.unpack_from(data, start), greedy
-        return _parse_rest(data, i, call_id)
+                return _SELECT_ACTION, call_id, number, row.unpack_from(data, start), greedy
+        first = i
+        name, i = _atom(data, i)
+        if name != _MODULE:
+            return None
+        name, i = _atom(data, i)
+        if data[i] != 108:  # LIST_EXT: the arguments
+            return None
+        n_args = _u32.unpack_from(data, i + 1)[0]
+        if data[i + 5] != 104 or data[i + 6] != 2:
+            return None  # the handle must be a 2-tuple
+        tag, i = _text(data, i + 7)
+        if tag != _AGENT:
+            return None
+        number, i = _int(data, i)
+        start = i + 5  # the first float's tag
+        values, i = _floats(data, i)
+        if name == _FUNCTION and (n_args == 2 or n_args == 3):
+            end = i - 1  # the float list's tail
+            greedy, i = _greedy(data, i) if n_args == 3 else (False, i)
+            if data[i] != 106 or i + 1 != len(data):
+                return None
+            _last[:] = [data[first:start], data[end:], number, greedy, b"F" * len(values),
+                        _row(len(values))]
+            return _SELECT_ACTION, call_id, number, values, greedy
+        if name != _STEP or (n_args != 5 and n_args != 6):
+            return None
+        reward, i = _number(data, i)
+        terminated, i = _bool(data, i)
+        truncated, i = _bool(data, i)
+        final = None
+        if n_args == 6:
+            if data[i] == 108:
+                final, i = _floats(data, i)
+            else:
+                name, i = _atom(data, i)
+                if name != b"nil":
+                    return None
+        if data[i] != 106 or i + 1 != len(data):
+            return None
+        return _STEP_CALL, call_id, number, values, float(reward), terminated, truncated, final
     except (_Decline, IndexError, struct.error):
         return None
-
-
-def _parse_rest(data: bytes, first: int, call_id: int):
-    name, i = _atom(data, first)
-    if name != _MODULE:
-        return None
-    name, i = _atom(data, i)
-    if name != _FUNCTION or data[i] != 108:  # LIST_EXT
-        return None
-    n_args = _u32.unpack_from(data, i + 1)[0]
-    if (n_args != 2 and n_args != 3) or data[i + 5] != 104 or data[i + 6] != 2:
-        return None  # the handle must be a 2-tuple
-    tag, i = _text(data, i + 7)
-    if tag != _AGENT:
-        return None
-    number, i = _int(data, i)
-    if data[i] != 108:
-        return None
-    k = _u32.unpack_from(data, i + 1)[0]
-    start, end = i + 5, i + 5 + 9 * k
-    if k == 0 or end >= len(data):  # a length the frame cannot hold allocates nothing
-        return None
-    marks = b"F" * k
-    if data[start:end:9] != marks or data[end] != 106:
-        return None
-    row = _row(k)
-    i = end + 1
-    greedy = False
-    if n_args == 3:
-        greedy, i = _greedy(data, i)
-    if data[i] != 106 or i + 1 != len(data):
-        return None
-    _last[:] = [data[first:start], data[end:], number, greedy, marks, row, row.size]
-    return call_id, number, row.unpack_from(data, start), greedy
 
 
 def _floats(data: bytes, i: int) -> tuple[tuple[float, ...], int]:
@@ -175,7 +185,9 @@ def _floats(data: bytes, i: int) -> tuple[tuple[float, ...], int]:
         raise _Decline
     k = _u32.unpack_from(data, i + 1)[0]
     start, end = i + 5, i + 5 + 9 * k
-    if k == 0 or end >= len(data) or data[start:end:9] != b"F" * k or data[end] != 106:
+    if k == 0 or end >= len(data):  # a length the frame cannot hold allocates nothing
+        raise _Decline
+    if data[start:end:9] != b"F" * k or data[end] != 106:
         raise _Decline
     return _row(k).unpack_from(data, start), end + 1
 
@@ -193,55 +205,6 @@ def _bool(data: bytes, i: int) -> tuple[bool, int]:
     if name != b"false":
         raise _Decline
     return False, i
-
-
-def parse_step(data: bytes):
-    """(call id, agent handle number, obs floats, reward, terminated, truncated, final_obs
-    floats or None) of a `step` call for one env slot, or None for any other frame:
-
-        {:C, id, :"bridge.api", :step, [{tag, n}, [f...], reward, terminated, truncated]}
-        {:C, id, :"bridge.api", :step, [{tag, n}, [f...], reward, terminated, truncated,
-                                        nil | [f...]]}
-
-    with `reward` a float or an integer and the flags `true`/`false`."""
-    try:
-        if data.startswith(_HEADS_6):
-            i = 6
-        elif data.startswith(_HEADS_7):
-            i = 7
-        else:
-            return None
-        call_id, i = _int(data, i)
-        name, i = _atom(data, i)
-        if name != _MODULE:
-            return None
-        name, i = _atom(data, i)
-        if name != _STEP or data[i] != 108:
-            return None
-        n_args = _u32.unpack_from(data, i + 1)[0]
-        if (n_args != 5 and n_args != 6) or data[i + 5] != 104 or data[i + 6] != 2:
-            return None
-        tag, i = _text(data, i + 7)
-        if tag != _AGENT:
-            return None
-        number, i = _int(data, i)
-        values, i = _floats(data, i)
-        reward, i = _number(data, i)
-        terminated, i = _bool(data, i)
-        truncated, i = _bool(data, i)
-        final = None
-        if n_args == 6:
-            if data[i] == 108:
-                final, i = _floats(data, i)
-            else:
-                name, i = _atom(data, i)
-                if name != b"nil":
-                    return None
-        if data[i] != 106 or i + 1 != len(data):
-            return None
-    except (_Decline, IndexError, struct.error):
-        return None
-    return call_id, number, values, float(reward), terminated, truncated, final
 
 
 class CallFailed(Exception):
