@@ -263,13 +263,8 @@ defmodule Mix.Tasks.Dqn.Bench do
     sorted = Enum.sort(samples)
     n = length(sorted)
 
-    median =
-      if rem(n, 2) == 1,
-        do: Enum.at(sorted, div(n, 2)),
-        else: (Enum.at(sorted, div(n, 2) - 1) + Enum.at(sorted, div(n, 2))) / 2
-
     %{
-      "median_us" => Float.round(median, 2),
+      "median_us" => Float.round(median(sorted), 2),
       "p99_us" => Float.round(Enum.at(sorted, min(n - 1, trunc(0.99 * n))), 2),
       "n" => n
     }
