@@ -173,6 +173,16 @@ def _interleaved(targets: list[tuple[PipeServer, bytes]], warmup: int, n: int) -
     return samples
 
 
+def _timed_calls(function, arg, warmup: int, n: int) -> list[float]:
+    """Times (s) of n calls `function(arg)` in process, after warm-up."""
+    clock, samples = time.perf_counter, []
+    for _ in range(warmup + n):
+        t0 = clock()
+        function(arg)
+        samples.append(clock() - t0)
+    return samples[warmup:]
+
+
 def _call_payload(function: str, args: list) -> bytes:
     return encode((Atom("C"), 1, Atom("bridge.api"), Atom(function), args))
 
@@ -201,20 +211,11 @@ def bench_protocol(calls: int) -> dict:
 
     agent = Agent(DQNConfig.from_mapping(config))
     obs = np.asarray(_OBS, dtype=np.float32)
-    clock, local = time.perf_counter, []
-    for _ in range(warmup + calls):
-        t0 = clock()
-        agent.act(obs)
-        local.append(clock() - t0)
-    local = local[warmup:]
+    clock = time.perf_counter
+    local = _timed_calls(agent.act, obs, warmup, calls)
     # What the server's select_action lane runs: the same forward pass, with the checks
     # on the observation done in Python instead of numpy (~1 µs less).
-    values, lane = tuple(_OBS), []
-    for _ in range(warmup + calls):
-        t0 = clock()
-        agent.act_values(values)
-        lane.append(clock() - t0)
-    lane = lane[warmup:]
+    lane = _timed_calls(agent.act_values, tuple(_OBS), warmup, calls)
 
     # The server's act runs right after a blocking pipe read, not in a hot loop; timing the
     # in-process act right after a raw echo round trip shows what that cadence alone costs.
