@@ -24,8 +24,11 @@ defmodule DQNBridge.OSProcess do
   end
 
   @doc "Sends SIGKILL to `os_pid`."
-  def kill9(os_pid) do
-    {_, 0} = System.cmd("kill", ["-KILL", to_string(os_pid)])
+  def kill9(os_pid), do: signal(os_pid, "KILL")
+
+  @doc ~S|Sends the signal named `name` ("KILL", "STOP", "CONT", ...) to `os_pid`.|
+  def signal(os_pid, name) do
+    {_, 0} = System.cmd("kill", ["-#{name}", to_string(os_pid)])
     :ok
   end
 
