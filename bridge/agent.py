@@ -79,6 +79,8 @@ class Agent:
         self.last_q_mean: jax.Array | None = None
         self.prev_obs: dict[int, np.ndarray] = {}  # fused `step`: last observation acted on, per slot
         self.prev_action: dict[int, int] = {}
+        self.pending_round = False  # a deferred step's training round is still to run
+        self.round_error: Exception | None = None  # how a deferred round failed, until reported
 
     # --------------------------------------------------------------- schedule
 
@@ -169,26 +171,25 @@ class Agent:
         finite float32); `act` then takes it and says what is wrong."""
         if not _finite_f32(values, self.obs_dim):
             return None
-        return int(self._act(np.array((values,), dtype=np.float32), greedy)[0])
+        return self._act_one(np.array((values,), dtype=np.float32), self.flat_params, greedy)
 
     def set_state(self, state: learner.TrainState) -> None:
         """Replace the learner state (used by checkpoint loading)."""
         self.state = state
         self.flat_params = learner.flatten_params(state.params)  # device copy; see _act
-        self._host_cache: list | None = None  # flat_params as numpy arrays, once fetched
+        # What the next `step` acts with: flat_params as they were when the last `step`
+        # began, one training round behind (see `_step`).
+        self.acting_params = self.flat_params
+        self._layout = network.host_layout(state.params)
+        self._host: tuple[Any, list | None] = (None, None)  # (flat params, numpy views), last fetched
 
-    def _act(self, batch: np.ndarray, greedy: bool, train: Callable[[], None] | None = None) -> np.ndarray:
-        """Epsilon-greedy actions for a (n, obs_dim) batch.
+    def _act(self, batch: np.ndarray, greedy: bool, params: Any = None) -> np.ndarray:
+        """Epsilon-greedy actions for a (n, obs_dim) batch, with `params` (flat, on the
+        device; default the current `flat_params`).
 
         Acting runs on the host: a forward pass of a small net in numpy costs a few
         microseconds, a device dispatch tens, and the BEAM waits for every one of them. The
-        params are fetched from the device (one transfer) only after they changed.
-
-        `train`, when given, runs after the exploration draws and before the forward pass,
-        which still uses the params from before it: the train step is then dispatched while
-        the previous one may still be computing, and computes while this forward pass and
-        the caller's env steps run. The random numbers are drawn in the same order either
-        way (exploration, then replay sampling).
+        params are fetched from the device (one transfer) only when they are new.
         """
         n = len(batch)
         explore = random_actions = None
@@ -196,17 +197,31 @@ class Agent:
         if not (greedy or epsilon <= 0.0):
             explore = self.rng.random(n) < epsilon
             random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
-        flat, host = self.flat_params, self._host_cache
-        if train is not None:
-            train()
-        if explore is not None and explore.all():  # no network call at all while exploring
-            return random_actions
-        if host is None:
-            host = network.unflatten_host(np.asarray(flat), self.state.params)
-            if flat is self.flat_params:  # nothing trained since: keep it for the next call
-                self._host_cache = host
+            if explore.all():  # no network call at all while exploring
+                return random_actions
+        flat = self.flat_params if params is None else params
+        fetched, host = self._host
+        if fetched is not flat:
+            host = network.unflatten_host(np.asarray(flat), self._layout)
+            self._host = (flat, host)
         best = learner.greedy_actions(host, batch, self.config.dueling)
         return best if explore is None else np.where(explore, random_actions, best)
+
+    def _act_one(self, batch: np.ndarray, params: Any, greedy: bool = False) -> int:
+        """`_act(batch, greedy, params)` for a batch of one, as an int: the same random
+        draws (scalar draws give the values a size-1 draw gives) with less numpy around
+        them."""
+        epsilon = self.epsilon
+        if not (greedy or epsilon <= 0.0):
+            explore = self.rng.random() < epsilon
+            random_action = int(self.rng.integers(0, self.n_actions))
+            if explore:
+                return random_action
+        fetched, host = self._host
+        if fetched is not params:
+            host = network.unflatten_host(np.asarray(params), self._layout)
+            self._host = (params, host)
+        return int(np.argmax(network.apply(host, batch, self.config.dueling, xp=np)[0]))
 
     # -------------------------------------------------------------- learning
 
@@ -237,6 +252,7 @@ class Agent:
         Raises:
           FloatingPointError: the loss diverged (names the update).
         """
+        self._raise_round_error()
         if not self._can_train():
             return None
         for _ in range(self.config.gradient_steps):
@@ -249,7 +265,6 @@ class Agent:
     def _update(self) -> None:
         packed, idx = self.replay.sample(self.config.batch_size, self.rng, self.per_beta)
         self.state, self.flat_params, self.last_loss, self.last_q_mean, abs_td = self._train_step(self.state, packed)
-        self._host_cache = None
         self.updates += 1
         if self.replay.prioritized:
             self.replay.update_priorities(idx, np.asarray(abs_td))
@@ -285,16 +300,22 @@ class Agent:
         final = self._obs(final_obs, "final_obs")[0] if final_obs is not None else batch
         if len(final) != n:
             raise ValueError(f"final_obs has {len(final)} rows but obs has {n}")
-        actions = self._step(batch, rewards, term, trunc, final)
-        return int(actions[0]) if single else actions
+        if n == 1:
+            action = self._step_one(batch, float(rewards[0]), bool(term[0]), bool(trunc[0]), final, False)
+            return action if single else np.array([action], np.int32)
+        return self._step(batch, rewards, term, trunc, final)
 
     def step_values(self, values: tuple[float, ...], reward: float, terminated: bool, truncated: bool,
-                    final_values: tuple[float, ...] | None = None) -> int | None:
+                    final_values: tuple[float, ...] | None = None, defer: bool = False) -> int | None:
         """`step` for one env slot given as Python values, checked in Python: the port's
         fast lane calls it for every `step` frame it recognises. Returns None, having
         changed nothing, when an argument is not one `step` would accept as is (wrong
         length, a value that is not a finite float32, a non-finite reward); `step` then
-        takes the call and says what is wrong."""
+        takes the call and says what is wrong.
+
+        With `defer`, a training round that is due is not run: `pending_round` is set and
+        the caller runs it with `run_pending_round` (the server does, right after sending
+        the action, while the BEAM steps its env)."""
         if not _finite_f32(values, self.obs_dim) or not -_F32_MAX <= reward <= _F32_MAX:
             return None
         batch = np.array((values,), dtype=np.float32)
@@ -304,12 +325,12 @@ class Agent:
             final = np.array((final_values,), dtype=np.float32)
         else:
             return None
-        actions = self._step(batch, np.array((reward,)), np.array((terminated,)), np.array((truncated,)), final)
-        return int(actions[0])
+        return self._step_one(batch, reward, terminated, truncated, final, defer)
 
     def _step(self, batch: np.ndarray, rewards: np.ndarray, term: np.ndarray, trunc: np.ndarray,
               final: np.ndarray) -> np.ndarray:
-        """`step` on checked arrays, one row per env slot."""
+        """`step` on checked arrays, one row per env slot (`_step_one` for one slot)."""
+        self._raise_round_error()
         n = len(batch)
         slots = [i for i in range(n) if i in self.prev_obs]
         train_now = False
@@ -322,19 +343,65 @@ class Agent:
             # Stable-Baselines3: N envs collect N transitions per training round.
             self.vector_steps += 1
             train_now = self.vector_steps % self.config.train_freq == 0
-        # The action is chosen with the params from before this call's training round, which
-        # costs nothing measurable in learning; the round is dispatched before the forward
-        # pass (see `_act`), so it overlaps the previous round's compute and the caller's
-        # env steps.
-        train = self._train_round if train_now and self._can_train() else None
-        actions = self._act(batch, greedy=False, train=train)
+        # The action comes from the params as they were when the previous `step` began: one
+        # training round behind. That round has had a whole env step to compute, so acting
+        # never waits for the device, and this call's round can be dispatched after the
+        # action is known (after the reply, through the port: see `step_values`). Random
+        # numbers are drawn in the same order either way: exploration, then replay sampling.
+        acting, self.acting_params = self.acting_params, self.flat_params
+        actions = self._act(batch, greedy=False, params=acting)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
+        if train_now and self._can_train():
+            self._train_round()
         return actions
+
+    def _step_one(self, batch: np.ndarray, reward: float, terminated: bool, truncated: bool, final: np.ndarray,
+                  defer: bool) -> int:
+        """`_step` for one env slot (slot 0), on Python scalars: the same transitions,
+        random draws and action, without the per-slot array bookkeeping. With `defer`, a
+        training round that is due is left to `run_pending_round` (`pending_round` says so)."""
+        self._raise_round_error()
+        train_now = False
+        prev = self.prev_obs.get(0)
+        if prev is not None:
+            done = terminated or truncated
+            self.replay.add(0, prev, self.prev_action[0], reward, final[0] if done else batch[0], terminated,
+                            truncated)
+            self.env_steps += 1
+            self.episodes += done
+            self.vector_steps += 1
+            train_now = self.vector_steps % self.config.train_freq == 0
+        acting, self.acting_params = self.acting_params, self.flat_params  # see `_step`
+        action = self._act_one(batch, acting)
+        self.prev_obs[0], self.prev_action[0] = batch[0], action
+        if train_now and self._can_train():
+            if defer:
+                self.pending_round = True
+            else:
+                self._train_round()
+        return action
 
     def _train_round(self) -> None:
         for _ in range(self.config.gradient_steps):
             self._update()
+
+    def run_pending_round(self) -> None:
+        """Run the training round a deferred `step_values` left due, if any. Its reply is
+        already sent, so an error is kept and raised by this agent's next `step`,
+        `optimize` or `save` (`_raise_round_error`)."""
+        if self.pending_round:
+            self.pending_round = False
+            try:
+                self._train_round()
+            except Exception as exc:  # noqa: BLE001 - reported by the next call
+                self.round_error = exc
+
+    def _raise_round_error(self) -> None:
+        if self.round_error is not None:
+            exc, self.round_error = self.round_error, None
+            raise RuntimeError(f"the training round after the last step failed ({type(exc).__name__}: {exc}); "
+                               f"{self.updates} updates are done, and the agent goes on from there") from exc
 
     def begin_episodes(self) -> None:
         """Forget every slot's last observation and pending n-step steps: the next `step`
@@ -366,6 +433,7 @@ class Agent:
         """Write a checkpoint atomically (see `bridge.checkpoint`)."""
         from bridge import checkpoint
 
+        self._raise_round_error()
         checkpoint.save(self, path)
 
     @classmethod

@@ -24,7 +24,7 @@ Example (in process; over the wire the calls are the same):
 from __future__ import annotations
 
 import itertools
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -142,12 +142,14 @@ def select_action(handle, obs, opts=None):
     return _actions_result(agent.act(_obs(obs), greedy=_greedy(opts)))
 
 
-def fast_reply(payload: bytes) -> bytes | None:
+def fast_reply(payload: bytes) -> bytes | tuple[bytes, Callable[[], None]] | None:
     """The encoded reply to a `select_action` or `step` frame for one env slot, computed
     without the general decode/normalise/encode path; None for every other frame and for
     any call this cannot answer as is (the server's general path then answers it, errors
     included). A `step` that fails once it has started raises CallFailed: its error is
-    the reply, and the call is not run again. Not in `__all__`: the server calls it
+    the reply, and the call is not run again. A `step` whose training round is due
+    returns (reply, round): the server sends the reply, then runs the round, so the
+    round computes while the BEAM steps its env. Not in `__all__`: the server calls it
     before decoding a frame."""
     call = parse_call(payload)
     if call is None:
@@ -161,9 +163,11 @@ def fast_reply(payload: bytes) -> bytes | None:
     else:
         _, call_id, _, values, reward, terminated, truncated, final = call
         try:
-            action = agent.step_values(values, reward, terminated, truncated, final)
+            action = agent.step_values(values, reward, terminated, truncated, final, defer=True)
         except Exception as exc:
             raise CallFailed(call_id) from exc
+        if agent.pending_round:
+            return result_reply(call_id, action), agent.run_pending_round
     return None if action is None else result_reply(call_id, action)
 
 

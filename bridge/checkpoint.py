@@ -3,7 +3,8 @@
 File = msgpack map {"format": "dqn_bridge.checkpoint", "version": 1, "crc32": int, "body": bytes}
 where body is a msgpack map holding the config, online and target params, optimizer state,
 replay contents, cursor and pending n-step queues, the numpy RNG state, the fused-step memory
-and the step/episode/update counters. Arrays are stored as {dtype, shape, data} with
+(last observation and action per slot, and the params the next step acts with) and the
+step/episode/update counters. Arrays are stored as {dtype, shape, data} with
 little-endian data; the pytree structure is rebuilt from the config, so nothing in the file
 is ever executed or unpickled.
 """
@@ -77,6 +78,8 @@ def save(agent: Any, path: str | os.PathLike) -> None:
         "replay": agent.replay.state_dict(),
         "rng": _rng_state(agent.rng),
         "prev": [[slot, agent.prev_obs[slot].tobytes(), agent.prev_action[slot]] for slot in sorted(agent.prev_obs)],
+        # the params the next `step` acts with (one round behind the online params)
+        "acting_params": np.asarray(agent.acting_params, np.float32).tobytes(),
     }, use_bin_type=True)
     blob = msgpack.packb({"format": FORMAT, "version": VERSION, "crc32": zlib.crc32(body), "body": body},
                          use_bin_type=True)
@@ -148,6 +151,12 @@ def load(path: str | os.PathLike) -> Any:
         for slot, obs, action in data["prev"]:
             agent.prev_obs[int(slot)] = np.frombuffer(obs, np.float32).copy()
             agent.prev_action[int(slot)] = int(action)
+        if "acting_params" in data:  # absent from checkpoints of earlier versions: act with params
+            acting = np.frombuffer(data["acting_params"], np.float32)
+            if acting.shape != agent.flat_params.shape:
+                raise ValueError(f"checkpoint {os.fspath(path)!r} has {acting.size} acting params; its "
+                                 f"network has {agent.flat_params.size}")
+            agent.acting_params = jnp.asarray(acting)
     except (KeyError, TypeError) as exc:
         raise ValueError(f"checkpoint {os.fspath(path)!r} is missing a field or has a wrong type: {exc}") from None
     return agent

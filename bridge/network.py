@@ -64,14 +64,21 @@ def flatten(params: Params) -> jax.Array:
     return jnp.concatenate([x.ravel() for pair in params for x in pair])
 
 
-def unflatten_host(flat: np.ndarray, like: Params) -> list[tuple[np.ndarray, np.ndarray]]:
-    """numpy views into `flat` shaped like `like` (the inverse of `flatten`, on the host)."""
-    out, offset = [], 0
-    for w, b in like:
+def host_layout(params: Params) -> list[tuple[tuple[int, int, tuple[int, ...]], ...]]:
+    """Where each array of `params` lies in `flatten(params)`: per layer, (start, end, shape)
+    of its weights and of its bias. Computed once; `unflatten_host` reads it."""
+    layout, offset = [], 0
+    for w, b in params:
         pair = []
-        for shape in (w.shape, b.shape):
+        for shape in (tuple(w.shape), tuple(b.shape)):
             size = int(np.prod(shape))
-            pair.append(flat[offset:offset + size].reshape(shape))
+            pair.append((offset, offset + size, shape))
             offset += size
-        out.append(tuple(pair))
-    return out
+        layout.append(tuple(pair))
+    return layout
+
+
+def unflatten_host(flat: np.ndarray, layout: list) -> list[tuple[np.ndarray, np.ndarray]]:
+    """numpy views into `flat` (the inverse of `flatten`, on the host), placed by
+    `host_layout` of params shaped like the flattened ones."""
+    return [tuple(flat[start:end].reshape(shape) for start, end, shape in pair) for pair in layout]

@@ -7,17 +7,20 @@ the same random stream), and compares the reply bytes.
 from __future__ import annotations
 
 import ast
+import contextlib
 import math
+import os
 import random
 import shutil
 import struct
 import subprocess
+import threading
 
 import numpy as np
 import pytest
 
 import bridge.api as api
-from bridge.protocol import Atom, decode, encode
+from bridge.protocol import Atom, FrameReader, decode, encode, frame
 from bridge.protocol.fastpath import parse_call, result_reply
 from bridge.protocol.server import Server
 from bridge.serve import functions
@@ -63,8 +66,18 @@ def server():
     return Server(functions(), "bridge.api", -1, -1)
 
 
+def lane(data):
+    """The lane's reply to `data`, or None; a deferred training round is run at once,
+    as the server does once the reply is written."""
+    reply = api.fast_reply(data)
+    if type(reply) is tuple:
+        reply, then = reply
+        then()
+    return reply
+
+
 def assert_same(server, fast_frame, general_frame):
-    fast = api.fast_reply(fast_frame)
+    fast = lane(fast_frame)
     assert fast is not None, "the lane declined a frame it should serve"
     assert fast == server.handle(general_frame)
     return decode(fast)
@@ -206,7 +219,7 @@ def test_mutated_frames_never_raise_and_never_disagree(server):
             obs = [rng.uniform(-1, 1) for _ in range(4)]
             data = call(rng.randrange(300), handle, obs, rng.choice([None, {Atom("greedy"): True}]))
             data = mutate(rng, data) if rng.random() < 0.9 else data
-            reply = api.fast_reply(data)
+            reply = lane(data)
             if reply is not None:
                 served += 1
                 assert reply == server.handle(data)
@@ -317,41 +330,87 @@ def test_step_frames_the_lane_declines_change_nothing(step_twins, server):
     assert message == b"reward holds 1e+300, beyond the range of float32 (largest magnitude 3.40282e+38)"
 
 
-def test_a_step_that_fails_once_started_is_reported_once_and_not_rerun(step_twins):
-    """Through the real serve loop: training raises inside the lane's step; the reply is
-    the error, the transition is stored exactly once, and the next call works."""
-    import os
-    import threading
+@contextlib.contextmanager
+def serve_loop():
+    """The real serve loop (`Server.serve`, lane on) in a thread, over real pipes: yields
+    (send(frame bytes), read() -> decoded reply); the input is closed at the end and
+    the loop must then stop."""
+    to_server, from_client = os.pipe()
+    to_client, from_server = os.pipe()
+    served = Server(functions(), "bridge.api", to_server, from_server, fast_reply=api.fast_reply)
+    thread = threading.Thread(target=served.serve, daemon=True)
+    thread.start()
+    replies = FrameReader(to_client)
+    try:
+        yield (lambda data: os.write(from_client, frame(data))), (lambda: decode(replies.read()))
+    finally:
+        os.close(from_client)
+        thread.join(10)
+        for fd in (to_server, from_server, to_client):
+            os.close(fd)
+    assert not thread.is_alive()
 
-    from bridge.protocol import FrameReader, frame
 
+def test_a_step_that_fails_once_started_is_reported_once_and_not_rerun():
+    """Through the real serve loop: acting raises inside the lane's step, after the
+    transition is stored; the reply is the error, the transition is stored exactly once,
+    and the next call works."""
+    from bridge import network
+
+    a = api.new_agent(dict(STEP_CONFIG, eps_start=0.0, eps_end=0.0))  # always a forward pass
+    agent = api._agents[a[1]]
+    for i, (obs, reward, terminated, truncated, final) in enumerate(stream(100)):
+        api.step(a, obs, reward, terminated, truncated, *final)
+    with serve_loop() as (send, read):
+        apply = network.apply
+        network.apply = None  # acting fails once the transition is stored
+        try:
+            steps = agent.env_steps
+            send(step_call(7, a, OBS, 1.0, False, False))
+            tag, call_id, (_, cls, message, tb) = read()
+            assert (tag, call_id, cls) == ("e", 7, "builtins.TypeError")
+            assert b"'NoneType' object is not callable" in message and tb
+            assert agent.env_steps == steps + 1  # stored once: the general path did not rerun it
+        finally:
+            network.apply = apply
+        send(step_call(8, a, OBS, 1.0, False, False))
+        assert read()[:2] == ("r", 8)
+    api.close(a)
+
+
+def test_a_deferred_round_that_fails_is_reported_by_the_next_step(step_twins):
+    """Through the real serve loop: a step's training round runs after its reply. When
+    it fails, the step has its action; the agent's next step is refused with the round's
+    error and stores nothing; sent again, it works, and training goes on."""
     a, _ = step_twins
     agent = api._agents[a[1]]
     for i, (obs, reward, terminated, truncated, final) in enumerate(stream(100)):
         api.step(a, obs, reward, terminated, truncated, *final)
-    to_server, from_client = os.pipe()
-    to_client, from_server = os.pipe()
-    served = Server(functions(), "bridge.api", to_server, from_server, fast_reply=api.fast_reply)
-    thread = threading.Thread(target=served.serve)
-    thread.start()
-    replies = FrameReader(to_client)
-    train_step, agent._train_step = agent._train_step, None
-    try:
-        steps = agent.env_steps
-        os.write(from_client, frame(step_call(7, a, OBS, 1.0, False, False)))
-        tag, call_id, (_, cls, message, tb) = decode(replies.read())
-        assert (tag, call_id, cls) == ("e", 7, "builtins.TypeError")
-        assert b"'NoneType' object is not callable" in message and tb
-        assert agent.env_steps == steps + 1  # stored once: the general path did not rerun it
-    finally:
-        agent._train_step = train_step
-    os.write(from_client, frame(step_call(8, a, OBS, 1.0, False, False)))
-    assert decode(replies.read())[:2] == ("r", 8)
-    os.close(from_client)
-    thread.join(10)
-    assert not thread.is_alive()
-    for fd in (to_server, from_server, to_client):
-        os.close(fd)
+    with serve_loop() as (send, read):
+
+        def info():
+            send(call(99, a, function="info"))
+            tag, _, result = read()
+            assert tag == "r"
+            return result[b"env_steps"], result[b"updates"]
+
+        steps, updates = info()
+        train_step, agent._train_step = agent._train_step, None
+        try:
+            send(step_call(7, a, OBS, 1.0, False, False))
+            tag, call_id, action = read()
+            assert (tag, call_id) == ("r", 7) and action in (0, 1)
+            assert info() == (steps + 1, updates)  # stored; its round failed after the reply
+        finally:
+            agent._train_step = train_step
+        send(step_call(8, a, OBS, 1.0, False, False))
+        tag, call_id, (_, cls, message, tb) = read()
+        assert (tag, call_id, cls) == ("e", 8, "builtins.RuntimeError")
+        assert message.startswith(b"the training round after the last step failed (TypeError: ")
+        assert info() == (steps + 1, updates)  # refused: nothing stored
+        send(step_call(9, a, OBS, 1.0, False, False))
+        assert read()[:2] == ("r", 9)
+        assert info() == (steps + 2, updates + 1)
 
 
 def test_mutated_step_frames_never_disagree(step_twins, server):
@@ -366,7 +425,7 @@ def test_mutated_step_frames_never_disagree(step_twins, server):
         if parsed is None or parsed[0] != "step" or parsed[2] != a[1]:
             continue  # a frame for another agent (or none) would desynchronise the twins
         twin = data.replace(encode(a)[1:], encode(b)[1:])
-        reply = api.fast_reply(data)
+        reply = lane(data)
         if reply is None:
             continue
         served += 1

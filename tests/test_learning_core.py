@@ -212,28 +212,58 @@ def _leaves(agent):
                                                      agent.state.opt_state))]
 
 
-def test_step_acts_with_the_params_from_before_its_training_round():
-    """The fused step dispatches its due training round before the forward pass; the
-    action must still come from the params the round started from."""
+def test_step_acts_with_the_params_from_when_the_previous_step_began():
+    """The fused step acts one training round behind: with the online params as they
+    were when the previous step began, so it never waits for the round still computing.
+    Checked against both neighbours: the action is not that of the current params."""
     from bridge import learner, network
 
     agent = Agent(DQNConfig(seed=2, hidden_sizes=(16,), learning_starts=32, batch_size=16,
                             eps_start=0.0, eps_end=0.0, lr=0.05))
+    layout = network.host_layout(agent.state.params)
+
+    def host(flat):
+        return network.unflatten_host(np.asarray(flat), layout)
+
     rng = np.random.default_rng(0)
     agent.step(rng.normal(size=4).astype(np.float32))
-    checked = 0
+    previous = agent.flat_params  # the params when the step before the next one began
+    told_apart = 0
     for _ in range(300):
         obs = rng.normal(size=4).astype(np.float32)
-        before = network.unflatten_host(np.asarray(agent.flat_params), agent.state.params)
-        updates = agent.updates
+        stale, current = host(previous), host(agent.flat_params)
+        previous = agent.flat_params
         action = agent.step(obs, 1.0, False, False)
-        expected = int(learner.greedy_actions(before, obs[None], False)[0])
-        assert action == expected
-        if agent.updates > updates:
-            after = network.unflatten_host(np.asarray(agent.flat_params), agent.state.params)
-            assert not np.array_equal(after[0][0], before[0][0])  # the round did run
-            checked += 1
-    assert checked > 200
+        assert action == int(learner.greedy_actions(stale, obs[None], False)[0])
+        told_apart += action != int(learner.greedy_actions(current, obs[None], False)[0])
+    assert agent.updates > 250
+    assert told_apart > 5
+
+
+@pytest.mark.parametrize("n_step", [1, 3])
+def test_the_one_slot_step_is_the_general_step_for_a_batch_of_one(n_step):
+    """`step` on one slot takes `_step_one`; the general per-slot `_step` on a batch of
+    one must give the same actions, replay rows, counters and params."""
+    config = DQNConfig.from_mapping({**SMALL, "seed": 11, "n_step": n_step, "train_freq": 2})
+    one, general = Agent(config), Agent(config)
+    env = gym.make("CartPole-v1")
+    obs, _ = env.reset(seed=5)
+    reward, term, trunc, final = 0.0, False, False, obs
+    for _ in range(600):
+        batch = np.asarray(obs, np.float32)[None]
+        fin = np.asarray(final, np.float32)[None]
+        a = one._step_one(batch, reward, term, trunc, fin, False)
+        b = general._step(batch, np.array([reward]), np.array([term]), np.array([trunc]), fin)
+        assert b.dtype == np.int32 and b.tolist() == [a]
+        obs, reward, term, trunc, _ = env.step(a)
+        final = obs
+        if term or trunc:
+            obs, _ = env.reset()
+    assert one.updates == general.updates > 200
+    assert (one.env_steps, one.episodes, one.vector_steps) == (general.env_steps, general.episodes,
+                                                               general.vector_steps)
+    np.testing.assert_array_equal(one.replay.data, general.replay.data)
+    np.testing.assert_array_equal(np.asarray(one.flat_params), np.asarray(general.flat_params))
 
 
 @pytest.mark.parametrize("prioritized", [False, True])

@@ -73,7 +73,9 @@ class Server:
         the frame to the general path (see `bridge.protocol.fastpath`). It must answer
         exactly as the general path would. If it raises CallFailed, the call ran and
         failed, and its cause is the error reply; if it raises anything else, the
-        general path answers.
+        general path answers. It may also return (reply, then): `then()` runs once the
+        reply is written and before the next frame is read (work the caller need not
+        wait for; it must keep its own errors).
       spin_seconds: after each reply, wait this long for the next frame without
         sleeping (see `FrameReader`); 0 blocks at once.
     """
@@ -115,6 +117,11 @@ class Server:
                         reply = None
                     if reply is None:
                         reply = handle(payload)
+                    elif type(reply) is tuple:
+                        reply, then = reply
+                        write_all(out_fd, frame(reply))
+                        then()
+                        continue
                 write_all(out_fd, frame(reply))
         except FrameError as exc:
             print(f"bridge serve: {exc}", file=sys.stderr, flush=True)
