@@ -291,7 +291,8 @@ class Agent:
             (rows of other slots are ignored). Needed to bootstrap a truncated episode correctly;
             when absent, `obs` stands in.
         Returns:
-          the next action(s). A slot's first call only acts.
+          the next action(s), from the params as they were when the previous `step` began
+          (one training round behind; see `_step`). A slot's first call only acts.
         """
         batch, single = self._obs(obs)
         n = len(batch)

@@ -281,6 +281,12 @@ defmodule DQNBridge.Agent do
   and `final_obs:` carries the last observation of the one that ended (for a
   batch, a full batch whose other rows are ignored).
 
+  The action comes from the params as they were when the previous step began
+  (one training round behind), and for one env slot Python replies before it
+  runs the round that is due: the round computes while you step your env. A
+  round that fails is reported by the agent's next `step/6`, `optimize/2` or
+  `save/3`, which then changes nothing.
+
   ## Options
     * `:final_obs` - see above
     * `:timeout` - ms to wait
