@@ -93,7 +93,7 @@ def main(args: argparse.Namespace) -> int:
         "machine": {"python": platform.python_version(), "cpus": os.cpu_count(), "platform": platform.platform()},
         "records": records,
     }
-    path = results_path("solve")
+    path = results_path("solve", args.out_dir or "bench/results")
     with open(path, "w") as f:
         json.dump(out, f, indent=2)
     print(f"solved {len(ok)}/{len(records)}; all targets met: {passed}; wrote {path}")

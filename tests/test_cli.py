@@ -68,3 +68,16 @@ def test_bad_options_are_refused_with_a_message(tmp_path, capsys):
     notcsv.write_text("a,b\n1,2\n")
     assert main(["plot", str(notcsv)]) == 2
     assert "is not a metrics CSV: missing column(s) episode_return, eval_return, step" in capsys.readouterr().err
+
+
+def test_bench_solve_writes_its_json_where_out_dir_says(tmp_path):
+    """A short, unsolvable budget: the run reports seed 0 unsolved, exits 1 (targets
+    missed) and still writes its record under --out-dir."""
+    out = subprocess.run(PY + ["bench", "solve", "--seeds", "0", "--max-steps", "1000", "--final-episodes", "2",
+                               "--out-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 1, out.stderr
+    (path,) = tmp_path.glob("solve-*.json")
+    result = json.loads(path.read_text())
+    assert [r["seed"] for r in result["records"]] == [0] and result["max_steps"] == 1000
+    assert result["all_targets_met"] is False
+    assert f"wrote {path}" in out.stdout
