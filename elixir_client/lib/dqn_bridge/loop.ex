@@ -192,7 +192,7 @@ defmodule DQNBridge.Loop do
     }
 
     with {:continue, state} <- fire(loop, :step_completed, state),
-         {:continue, state} <- end_episodes(loop, state, terminated, truncated) do
+         {:continue, state} <- end_episodes(loop, state, terminated, final && truncated) do
       iterate(loop, state)
     end
   end

@@ -55,18 +55,15 @@ defmodule DQNBridge.Env.Vector do
   """
   @spec step(t(), [Env.action()]) ::
           {[Env.obs()], [float()], [boolean()], [boolean()], [Env.obs()] | nil, t()}
+  def step(%__MODULE__{envs: [env]} = vec, [action]) do
+    {obs, last, reward, terminated, truncated, env} = step_slot(env, action)
+    final = if terminated or truncated, do: [last]
+    {[obs], [reward], [terminated], [truncated], final, %{vec | envs: [env]}}
+  end
+
   def step(%__MODULE__{envs: envs} = vec, actions) do
     {rows, any_done?} =
-      Enum.zip_with(envs, actions, fn env, action ->
-        {obs, reward, terminated, truncated, env} = Env.step(env, action)
-
-        if terminated or truncated do
-          {reset_obs, env} = Env.reset(env, nil)
-          {reset_obs, obs, reward, terminated, truncated, env}
-        else
-          {obs, obs, reward, terminated, truncated, env}
-        end
-      end)
+      Enum.zip_with(envs, actions, &step_slot/2)
       |> Enum.map_reduce(false, fn {_, _, _, te, tr, _} = row, acc -> {row, acc or te or tr} end)
 
     obs = Enum.map(rows, &elem(&1, 0))
@@ -74,6 +71,19 @@ defmodule DQNBridge.Env.Vector do
 
     {obs, Enum.map(rows, &elem(&1, 2)), Enum.map(rows, &elem(&1, 3)),
      Enum.map(rows, &elem(&1, 4)), final, %{vec | envs: Enum.map(rows, &elem(&1, 5))}}
+  end
+
+  # One slot's step: {obs to act on next, last obs of the step, reward, terminated,
+  # truncated, env}, reset when its episode ended.
+  defp step_slot(env, action) do
+    {obs, reward, terminated, truncated, env} = Env.step(env, action)
+
+    if terminated or truncated do
+      {reset_obs, env} = Env.reset(env, nil)
+      {reset_obs, obs, reward, terminated, truncated, env}
+    else
+      {obs, obs, reward, terminated, truncated, env}
+    end
   end
 
   @doc "Closes every slot."
