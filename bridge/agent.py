@@ -13,7 +13,7 @@ resumed run continues bit for bit.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -199,11 +199,7 @@ class Agent:
             random_actions = self.rng.integers(0, self.n_actions, n).astype(np.int32)
             if explore.all():  # no network call at all while exploring
                 return random_actions
-        flat = self.flat_params if params is None else params
-        fetched, host = self._host
-        if fetched is not flat:
-            host = network.unflatten_host(np.asarray(flat), self._layout)
-            self._host = (flat, host)
+        host = self._host_params(self.flat_params if params is None else params)
         best = learner.greedy_actions(host, batch, self.config.dueling)
         return best if explore is None else np.where(explore, random_actions, best)
 
@@ -217,11 +213,16 @@ class Agent:
             random_action = int(self.rng.integers(0, self.n_actions))
             if explore:
                 return random_action
+        return int(learner.greedy_actions(self._host_params(params), batch, self.config.dueling)[0])
+
+    def _host_params(self, flat: Any) -> list:
+        """`flat` (params on the device) as numpy arrays: fetched (one transfer) only when
+        they are not the ones fetched last."""
         fetched, host = self._host
-        if fetched is not params:
-            host = network.unflatten_host(np.asarray(params), self._layout)
-            self._host = (params, host)
-        return int(np.argmax(network.apply(host, batch, self.config.dueling, xp=np)[0]))
+        if fetched is not flat:
+            host = network.unflatten_host(np.asarray(flat), self._layout)
+            self._host = (flat, host)
+        return host
 
     # -------------------------------------------------------------- learning
 

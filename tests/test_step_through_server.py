@@ -1,8 +1,9 @@
 """`step` through the real server trains exactly as `Agent.step` does in process.
 
-The server answers `step` through the general path (decode, normalise, `Agent.step`,
-encode); the actions it sends and the agent it ends with must be those of an in-process
-agent fed the same stream.
+The server answers these one-slot `step` calls in its step lane, sending each action
+before it runs the training round that is due; the actions it sends and the agent it
+ends with must be those of an in-process agent fed the same stream, which trains before
+`step` returns.
 """
 from __future__ import annotations
 

@@ -82,7 +82,8 @@ class Server:
 
     def __init__(self, functions: Mapping[str, Callable], module: str, in_fd: int,
                  out_fd: int, max_frame_bytes: int = DEFAULT_MAX_FRAME_BYTES,
-                 fast_reply: Callable[[bytes], bytes | None] | None = None,
+                 fast_reply: Callable[[bytes], bytes | tuple[bytes, Callable[[], None]] | None]
+                 | None = None,
                  spin_seconds: float = 0.0):
         self.functions = dict(functions)
         self.module = module
@@ -102,6 +103,7 @@ class Server:
         fast = self.fast_reply or _no_fast_reply
         try:
             while True:
+                then = None
                 try:
                     payload = read()
                 except FrameTooLarge as exc:
@@ -119,10 +121,9 @@ class Server:
                         reply = handle(payload)
                     elif type(reply) is tuple:
                         reply, then = reply
-                        write_all(out_fd, frame(reply))
-                        then()
-                        continue
                 write_all(out_fd, frame(reply))
+                if then is not None:
+                    then()
         except FrameError as exc:
             print(f"bridge serve: {exc}", file=sys.stderr, flush=True)
             return 2
