@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from bridge import learner, network
@@ -66,8 +67,9 @@ class Agent:
             config = config.replace(obs_dim=config.obs_dim or obs_dim, n_actions=config.n_actions or n_actions)
         self.config = config
         self.obs_dim, self.n_actions = int(config.obs_dim), int(config.n_actions)
+        self.layout = network.layout(self.obs_dim, config.hidden_sizes, self.n_actions, config.dueling)
         self.set_state(learner.init_state(config, self.obs_dim, self.n_actions))
-        self._train_step = learner.make_train_step(config, self.state, self.obs_dim)
+        self._train_step = learner.make_train_step(config, self.state, self.layout)
         self.replay = ReplayBuffer(config.buffer_size, self.obs_dim, config.gamma, config.n_step,
                                    config.prioritized, config.per_alpha, config.per_eps)
         self.rng = np.random.Generator(np.random.PCG64(config.seed))
@@ -176,11 +178,10 @@ class Agent:
     def set_state(self, state: learner.TrainState) -> None:
         """Replace the learner state (used by checkpoint loading)."""
         self.state = state
-        self.flat_params = learner.flatten_params(state.params)  # device copy; see _act
+        self.flat_params = jnp.copy(state.params)  # its own buffer (the train step donates state); see _act
         # What the next `step` acts with: flat_params as they were when the last `step`
         # began, one training round behind (see `_step`).
         self.acting_params = self.flat_params
-        self._layout = network.host_layout(state.params)
         self._host: tuple[Any, list | None] = (None, None)  # (flat params, numpy views), last fetched
 
     def _act(self, batch: np.ndarray, greedy: bool, params: Any = None) -> np.ndarray:
@@ -220,7 +221,7 @@ class Agent:
         they are not the ones fetched last."""
         fetched, host = self._host
         if fetched is not flat:
-            host = network.unflatten_host(np.asarray(flat), self._layout)
+            host = network.unflatten(np.asarray(flat), self.layout)
             self._host = (flat, host)
         return host
 

@@ -21,6 +21,8 @@ import jax.numpy as jnp
 import msgpack
 import numpy as np
 
+from bridge import network
+
 FORMAT = "dqn_bridge.checkpoint"
 VERSION = 1
 
@@ -36,6 +38,21 @@ def _unpack_array(d: dict[str, Any]) -> np.ndarray:
 
 def _pack_tree(tree: Any) -> list[dict[str, Any]]:
     return [_pack_array(leaf) for leaf in jax.tree.leaves(tree)]
+
+
+def _as_pairs(tree: Any, agent: Any) -> Any:
+    """`tree` with every flat params-sized array (the networks, the optimizer's moments)
+    viewed as per-layer (weight, bias) pairs: the arrays a checkpoint stores, as the
+    format has always stored them."""
+    size = len(agent.flat_params)
+    return jax.tree.map(lambda x: network.unflatten(np.asarray(x), agent.layout) if np.shape(x) == (size,) else x,
+                        tree)
+
+
+def _as_flat(like: Any, pairs: Any, agent: Any) -> Any:
+    """The inverse of `_as_pairs`, shaped like `like` (a flat tree)."""
+    size = len(agent.flat_params)
+    return jax.tree.map(lambda x, p: network.flatten(p) if np.shape(x) == (size,) else p, like, pairs)
 
 
 def _unpack_tree(like: Any, packed: list[dict[str, Any]], what: str) -> Any:
@@ -70,9 +87,9 @@ def save(agent: Any, path: str | os.PathLike) -> None:
     """Write `agent` to `path` atomically: a temporary file, fsync, rename, fsync of the folder."""
     body = msgpack.packb({
         "config": agent.config.to_dict(),
-        "params": _pack_tree(agent.state.params),
-        "target_params": _pack_tree(agent.state.target_params),
-        "opt_state": _pack_tree(agent.state.opt_state),
+        "params": _pack_tree(_as_pairs(agent.state.params, agent)),
+        "target_params": _pack_tree(_as_pairs(agent.state.target_params, agent)),
+        "opt_state": _pack_tree(_as_pairs(agent.state.opt_state, agent)),
         "counters": {"env_steps": agent.env_steps, "episodes": agent.episodes, "updates": agent.updates,
                      "vector_steps": agent.vector_steps},
         "replay": agent.replay.state_dict(),
@@ -136,10 +153,14 @@ def load(path: str | os.PathLike) -> Any:
     try:
         agent = Agent(data["config"])
         fresh = agent.state
+
+        def restore(like: Any, field: str, what: str) -> Any:
+            return _as_flat(like, _unpack_tree(_as_pairs(like, agent), data[field], what), agent)
+
         agent.set_state(TrainState(
-            _unpack_tree(fresh.params, data["params"], "params"),
-            _unpack_tree(fresh.target_params, data["target_params"], "target params"),
-            _unpack_tree(fresh.opt_state, data["opt_state"], "optimizer state"),
+            restore(fresh.params, "params", "params"),
+            restore(fresh.target_params, "target_params", "target params"),
+            restore(fresh.opt_state, "opt_state", "optimizer state"),
             jnp.asarray(data["counters"]["updates"], jnp.int32),
         ))
         agent.env_steps = int(data["counters"]["env_steps"])

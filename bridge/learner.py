@@ -26,11 +26,13 @@ from bridge.config import DQNConfig
 
 
 class TrainState(NamedTuple):
-    """Everything the train step changes, as one pytree."""
+    """Everything the train step changes, as one pytree of six arrays: the networks are
+    flat (`network.flatten`), so the optimizer's moments are one array each too, and a
+    train step call hands over six buffers instead of ~30 (a dispatch costs per buffer)."""
 
-    params: network.Params  # online network
-    target_params: network.Params  # target network
-    opt_state: optax.OptState
+    params: jax.Array  # online network, flat
+    target_params: jax.Array  # target network, flat
+    opt_state: optax.OptState  # over the flat params
     updates: jax.Array  # int32 scalar: gradient steps taken so far
 
 
@@ -53,8 +55,9 @@ def make_optimizer(config: Any) -> optax.GradientTransformation:
 
 def init_state(config: DQNConfig, obs_dim: int, n_actions: int) -> TrainState:
     """A fresh TrainState; the target network starts as a copy of the online one."""
-    params = network.init(jax.random.PRNGKey(config.seed), obs_dim, config.hidden_sizes, n_actions, config.dueling)
-    target = jax.tree.map(jnp.copy, params)  # a distinct buffer: the train step donates both
+    params = network.flatten(network.init(jax.random.PRNGKey(config.seed), obs_dim, config.hidden_sizes,
+                                          n_actions, config.dueling))
+    target = jnp.copy(params)  # a distinct buffer: the train step donates both
     return TrainState(params, target, make_optimizer(config).init(params), jnp.zeros((), jnp.int32))
 
 
@@ -84,10 +87,11 @@ _TRAIN_STEP_FIELDS = ("optimizer", "lr", "max_grad_norm", "loss", "dueling", "do
                       "target_update", "target_update_interval", "tau")
 
 
-def make_train_step(config: DQNConfig, state: TrainState, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
+def make_train_step(config: DQNConfig, state: TrainState, where: network.Layout) -> Callable[[TrainState, jax.Array], tuple]:
     """The compiled `train_step(state, packed) -> (state, flat_params, loss, q_mean, abs_td)`.
 
-    flat_params is `network.flatten` of the new online params, for acting on the host.
+    `where` is the `network.layout` of the flat params. flat_params is a copy of the new
+    online params (its own buffer, never donated), for acting on the host.
     Compiled ahead of time for `state`'s shapes and `config.batch_size`, so training never
     pauses for JIT; built once per distinct setting, so a restarted or second agent with
     the same shapes compiles nothing.
@@ -95,24 +99,29 @@ def make_train_step(config: DQNConfig, state: TrainState, obs_dim: int) -> Calla
     settings = tuple(getattr(config, f) for f in _TRAIN_STEP_FIELDS)
     leaves, treedef = jax.tree.flatten(state)
     specs = tuple((tuple(x.shape), jnp.dtype(x.dtype)) for x in leaves)
-    return _compile_train_step(settings, obs_dim, config.batch_size, treedef, specs)
+    return _compile_train_step(settings, where, config.batch_size, treedef, specs)
+
+
+def _obs_dim(where: network.Layout) -> int:
+    return where[0][0][2][0]  # the first layer's weights are (obs_dim, width)
 
 
 @functools.lru_cache(maxsize=32)
-def _compile_train_step(settings: tuple, obs_dim: int, batch_size: int, treedef, specs: tuple) -> Callable:
+def _compile_train_step(settings: tuple, where: network.Layout, batch_size: int, treedef, specs: tuple) -> Callable:
     state = jax.tree.unflatten(treedef, [jax.ShapeDtypeStruct(shape, dtype) for shape, dtype in specs])
-    packed = jax.ShapeDtypeStruct((batch_size, packed_width(obs_dim)), jnp.float32)
-    return _build_train_step(settings, obs_dim).lower(state, packed).compile()
+    packed = jax.ShapeDtypeStruct((batch_size, packed_width(_obs_dim(where))), jnp.float32)
+    return _build_train_step(settings, where).lower(state, packed).compile()
 
 
 @functools.lru_cache(maxsize=16)
-def _build_train_step(settings: tuple, obs_dim: int) -> Callable[[TrainState, jax.Array], tuple]:
+def _build_train_step(settings: tuple, where: network.Layout) -> Callable[[TrainState, jax.Array], tuple]:
     config = types.SimpleNamespace(**dict(zip(_TRAIN_STEP_FIELDS, settings)))
     optimizer = make_optimizer(config)
     dueling, double_dqn = config.dueling, config.double_dqn
-    d = obs_dim
+    d = _obs_dim(where)
 
-    def loss_fn(params, target_params, packed):
+    def loss_fn(flat, target_flat, packed):
+        params, target_params = network.unflatten(flat, where), network.unflatten(target_flat, where)
         obs, actions = packed[:, :d], packed[:, d].astype(jnp.int32)
         returns, discounts = packed[:, d + 1], packed[:, d + 2]
         next_obs, weights = packed[:, d + 3:2 * d + 3], packed[:, 2 * d + 3]
@@ -136,16 +145,14 @@ def _build_train_step(settings: tuple, obs_dim: int) -> Callable[[TrainState, ja
         params = optax.apply_updates(state.params, updates)
         n = state.updates + 1
         if config.target_update == "hard":
-            copy = n % config.target_update_interval == 0
-            target = jax.tree.map(lambda o, t: jnp.where(copy, o, t), params, state.target_params)
+            target = jnp.where(n % config.target_update_interval == 0, params, state.target_params)
         else:
             target = optax.incremental_update(params, state.target_params, config.tau)
-        return TrainState(params, target, opt_state, n), network.flatten(params), loss, q_mean, abs_td
+        # XLA gives each output its own buffer, so the acting copy outlives the donation of
+        # `params` by the next step.
+        return TrainState(params, target, opt_state, n), params, loss, q_mean, abs_td
 
     return train_step
-
-
-flatten_params = jax.jit(network.flatten)
 
 
 def greedy_actions(host_params: list, obs: np.ndarray, dueling: bool) -> np.ndarray:

@@ -1,7 +1,9 @@
-"""A pure-JAX MLP Q-network with an optional dueling head: `init` and `apply`, nothing else.
+"""A pure-JAX MLP Q-network with an optional dueling head: `init`, `apply`, and the flat form.
 
 Params are a plain pytree: a list of (weight, bias) pairs, the last pair being the head.
 With `dueling`, the head has n_actions + 1 outputs: the advantages, then the state value.
+The learner keeps them flat (`flatten`: one 1-D array) and views them as pairs with
+`unflatten`, so that its state is a handful of arrays instead of dozens.
 """
 
 from __future__ import annotations
@@ -60,25 +62,30 @@ def apply(params: Params, obs: Any, dueling: bool, xp: Any = jnp) -> Any:
 
 
 def flatten(params: Params) -> jax.Array:
-    """All params in one 1-D array: one device-to-host transfer instead of one per array."""
+    """All params in one 1-D array, layer by layer, weights before biases (see `layout`)."""
     return jnp.concatenate([x.ravel() for pair in params for x in pair])
 
 
-def host_layout(params: Params) -> list[tuple[tuple[int, int, tuple[int, ...]], ...]]:
-    """Where each array of `params` lies in `flatten(params)`: per layer, (start, end, shape)
-    of its weights and of its bias. Computed once; `unflatten_host` reads it."""
-    layout, offset = [], 0
-    for w, b in params:
+Layout = tuple[tuple[tuple[int, int, tuple[int, ...]], ...], ...]
+
+
+def layout(obs_dim: int, hidden_sizes: Sequence[int], n_actions: int, dueling: bool) -> Layout:
+    """Where each array of `init`'s params lies in `flatten(params)`: per layer, (start, end,
+    shape) of its weights and of its bias. A tuple, so it can key a compile cache."""
+    sizes = [obs_dim, *hidden_sizes, n_actions + (1 if dueling else 0)]
+    out, offset = [], 0
+    for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         pair = []
-        for shape in (tuple(w.shape), tuple(b.shape)):
+        for shape in ((fan_in, fan_out), (fan_out,)):
             size = int(np.prod(shape))
             pair.append((offset, offset + size, shape))
             offset += size
-        layout.append(tuple(pair))
-    return layout
+        out.append(tuple(pair))
+    return tuple(out)
 
 
-def unflatten_host(flat: np.ndarray, layout: list) -> list[tuple[np.ndarray, np.ndarray]]:
-    """numpy views into `flat` (the inverse of `flatten`, on the host), placed by
-    `host_layout` of params shaped like the flattened ones."""
-    return [tuple(flat[start:end].reshape(shape) for start, end, shape in pair) for pair in layout]
+def unflatten(flat: Any, where: Layout) -> list[tuple[Any, Any]]:
+    """The inverse of `flatten`: views into `flat` shaped as `init`'s params, placed by
+    `layout`. Works on a numpy array (on the host) and on a jax array (under jit, where the
+    slices are free)."""
+    return [tuple(flat[start:end].reshape(shape) for start, end, shape in pair) for pair in where]

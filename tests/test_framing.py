@@ -4,10 +4,11 @@ from __future__ import annotations
 import os
 import struct
 import threading
+import time
 
 import pytest
 
-from bridge.protocol import FrameError, FrameReader, FrameTooLarge, frame
+from bridge.protocol import Atom, FrameError, FrameReader, FrameTooLarge, frame
 from bridge.protocol.framing import write_all
 
 
@@ -127,3 +128,50 @@ def test_a_spinning_reader_gets_frames_sent_during_and_after_its_spin(pipe):
 def test_spin_must_not_be_negative(pipe):
     with pytest.raises(ValueError, match="spin_seconds must be >= 0, got -1"):
         FrameReader(pipe[0], spin_seconds=-1)
+
+
+def _thread_cpu_seconds(native_id: int) -> float:
+    with open(f"/proc/self/task/{native_id}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/task"), reason="reads thread CPU times from /proc")
+def test_the_server_sleeps_instead_of_spinning_after_a_reply_with_follow_up_work():
+    """A lane reply with follow-up work (a training round) is not followed by a spin: the
+    round's device threads need the CPUs. A plain reply is. Each reply is followed by a
+    0.3 s pause of the client; the server thread's CPU time over it tells spin from sleep."""
+    from bridge.protocol import decode, encode
+    from bridge.protocol.server import Server
+
+    followed = []
+
+    def lane(payload: bytes):
+        call = decode(payload)
+        reply = encode((Atom("r"), call[1], call[3]))
+        return (reply, lambda: followed.append(call[1])) if call[3] == Atom("then") else reply
+
+    to_server, from_client = os.pipe()
+    to_client, from_server = os.pipe()
+    server = Server({}, "m", to_server, from_server, fast_reply=lane, spin_seconds=0.3)
+    ids = {}
+    thread = threading.Thread(target=lambda: (ids.setdefault("tid", threading.get_native_id()),
+                                              server.serve()), daemon=True)
+    thread.start()
+    replies = FrameReader(to_client)
+    spent = {}
+    try:
+        for call_id, kind in enumerate(["plain", "then", "plain", "then"]):
+            os.write(from_client, frame(encode((Atom("C"), call_id, Atom("m"), Atom(kind), []))))
+            assert decode(replies.read()) == (Atom("r"), call_id, Atom(kind))
+            before = _thread_cpu_seconds(ids["tid"])
+            time.sleep(0.3)
+            spent.setdefault(kind, []).append(_thread_cpu_seconds(ids["tid"]) - before)
+    finally:
+        os.close(from_client)
+        thread.join(10)
+        for fd in (to_server, from_server, to_client):
+            os.close(fd)
+    assert followed == [1, 3]
+    assert max(spent["then"]) < 0.03, spent  # asleep in read()
+    assert min(spent["plain"]) > 0.05, spent  # spinning (it yields, so a busy machine gets less)

@@ -220,10 +220,10 @@ def test_step_acts_with_the_params_from_when_the_previous_step_began():
 
     agent = Agent(DQNConfig(seed=2, hidden_sizes=(16,), learning_starts=32, batch_size=16,
                             eps_start=0.0, eps_end=0.0, lr=0.05))
-    layout = network.host_layout(agent.state.params)
+    layout = agent.layout
 
     def host(flat):
-        return network.unflatten_host(np.asarray(flat), layout)
+        return network.unflatten(np.asarray(flat), layout)
 
     rng = np.random.default_rng(0)
     agent.step(rng.normal(size=4).astype(np.float32))

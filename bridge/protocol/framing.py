@@ -102,11 +102,12 @@ class FrameReader:
             self._buffer += chunk
         return True
 
-    def read(self) -> bytes | None:
+    def read(self, spin: bool = True) -> bytes | None:
+        """The next payload; `spin=False` skips this read's spin (see `_spin`)."""
         if self._start == len(self._buffer):
             # Nothing buffered: the common case of one call at a time. When one read
             # brings exactly one whole frame, return it without going through the buffer.
-            if self.spin_seconds:
+            if spin and self.spin_seconds:
                 self._spin()
             chunk = os.read(self.fd, _READ_CHUNK)
             n = len(chunk) - 4

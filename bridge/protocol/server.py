@@ -101,11 +101,15 @@ class Server:
         reader = FrameReader(self.in_fd, self.max_frame_bytes, self.spin_seconds)
         read, handle, out_fd = reader.read, self.handle, self.out_fd
         fast = self.fast_reply or _no_fast_reply
+        then = None
         try:
             while True:
-                then = None
+                # No spin after follow-up work: it has kept the caller waiting long
+                # enough for the next call to be on its way, and its device work (a
+                # training round) needs the CPUs a spin would take.
+                spin, then = then is None, None
                 try:
-                    payload = read()
+                    payload = read(spin)
                 except FrameTooLarge as exc:
                     reply = self._error_reply(decode_call_id(exc.prefix), exc, with_tb=False)
                 else:
