@@ -376,3 +376,32 @@ def test_begin_episodes_makes_the_next_step_only_act():
     assert agent.env_steps == 2 and agent.replay.pending == {} and len(agent.replay) == 0
     agent.step(obs, 1.0, False, False)
     assert agent.env_steps == 4
+
+
+def test_checkpoints_store_the_networks_and_moments_per_layer(tmp_path):
+    """The learner keeps its params flat; a checkpoint still holds one (weight, bias) pair
+    per layer for the online and target nets and for each optimizer moment, the format
+    checkpoints have always had, so files of either layout load alike."""
+    from bridge import checkpoint, network
+
+    agent = Agent({**SMALL, "learning_starts": 0, "dueling": True})
+    o = np.ones(4, np.float32)
+    for _ in range(20):
+        agent.observe(o, 1, 1.0, o, False, False)
+    agent.optimize()
+    path = tmp_path / "a.ckpt"
+    agent.save(path)
+    body = checkpoint.read(path)
+    shapes = [list(shape) for pair in agent.layout for _, _, shape in pair]
+    tree = network.init(jax.random.PRNGKey(0), 4, SMALL["hidden_sizes"], 2, True)
+    assert shapes == [list(x.shape) for x in jax.tree.leaves(tree)] and len(shapes) == 2 * len(tree)
+    for field in ("params", "target_params"):
+        assert [p["shape"] for p in body[field]] == shapes
+    # adam: its step count, then the first and the second moment, each per layer
+    assert [p["shape"] for p in body["opt_state"]] == [[]] + shapes * 2
+    online = [checkpoint._unpack_array(p) for p in body["params"]]
+    for got, want in zip(online, jax.tree.leaves(network.unflatten(np.asarray(agent.state.params), agent.layout))):
+        np.testing.assert_array_equal(got, want)
+    restored = Agent.load(path)
+    for a, b in zip(jax.tree.leaves(agent.state), jax.tree.leaves(restored.state)):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
