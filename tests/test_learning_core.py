@@ -405,3 +405,22 @@ def test_checkpoints_store_the_networks_and_moments_per_layer(tmp_path):
     restored = Agent.load(path)
     for a, b in zip(jax.tree.leaves(agent.state), jax.tree.leaves(restored.state)):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("user_flags, expected", [
+    (None, "--xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    ("--xla_cpu_use_xnnpack=true", "--xla_cpu_use_xnnpack=true --xla_cpu_enable_concurrency_optimized_scheduler=false"),
+    ("--xla_cpu_enable_concurrency_optimized_scheduler=true", "--xla_cpu_enable_concurrency_optimized_scheduler=true"),
+])
+def test_xla_defaults_are_added_to_the_users_flags_never_over_them(user_flags, expected):
+    """Importing bridge adds its XLA defaults to XLA_FLAGS before JAX starts its backend;
+    a flag the user set wins, and the user's other flags stay."""
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    if user_flags is not None:
+        env["XLA_FLAGS"] = user_flags
+    out = subprocess.run([sys.executable, "-c", "import os, bridge.agent; print(os.environ['XLA_FLAGS'])"],
+                         env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == expected
