@@ -125,8 +125,10 @@ def _build_train_step(settings: tuple, where: network.Layout) -> Callable[[Train
         obs, actions = packed[:, :d], packed[:, d].astype(jnp.int32)
         returns, discounts = packed[:, d + 1], packed[:, d + 2]
         next_obs, weights = packed[:, d + 3:2 * d + 3], packed[:, 2 * d + 3]
-        both = network.apply(params, jnp.concatenate([obs, next_obs]), dueling)  # (2 * batch, n_actions)
-        q, q_next_online = jnp.split(both, 2)
+        q = network.apply(params, obs, dueling)
+        # s' through the online net only picks the bootstrap action: no gradient, so its
+        # backward pass (half the work of one through a 2 * batch forward) is never built.
+        q_next_online = network.apply(jax.lax.stop_gradient(params), next_obs, dueling)
         q_next_target = network.apply(target_params, next_obs, dueling)
         q_taken = jnp.take_along_axis(q, actions[:, None], axis=1)[:, 0]  # (batch,)
         td = q_taken - td_target(q_next_online, q_next_target, returns, discounts, double_dqn)
