@@ -330,9 +330,40 @@ class Agent:
             return None
         return self._step_one(batch, reward, terminated, truncated, final, defer)
 
+    def step_rows(self, rows: tuple[tuple[float, ...], ...], rewards: tuple[float, ...],
+                  terminated: tuple[bool, ...], truncated: tuple[bool, ...],
+                  final_rows: tuple[tuple[float, ...], ...] | None = None,
+                  defer: bool = False) -> list[int] | None:
+        """`step` for a batch of env slots given as Python values (one entry per slot),
+        checked in Python: the port's fast lane calls it for every multi-slot `step` frame
+        it recognises. Returns the actions as a list (a batch of one too), or None,
+        having changed nothing, when an argument is not one `step` would accept as is;
+        `step` then takes the call and says what is wrong. `defer` as in `step_values`."""
+        n = len(rows)
+        if not (len(rewards) == len(terminated) == len(truncated) == n) \
+                or (final_rows is not None and len(final_rows) != n):
+            return None
+        for row in rows:
+            if not _finite_f32(row, self.obs_dim):
+                return None
+        for reward in rewards:
+            if not -_F32_MAX <= reward <= _F32_MAX:
+                return None
+        if final_rows is not None:
+            for row in final_rows:
+                if not _finite_f32(row, self.obs_dim):
+                    return None
+        batch = np.array(rows, dtype=np.float32)
+        final = batch if final_rows is None else np.array(final_rows, dtype=np.float32)
+        if n == 1:  # as `step` does
+            return [self._step_one(batch, rewards[0], terminated[0], truncated[0], final, defer)]
+        return self._step(batch, np.array(rewards), np.array(terminated), np.array(truncated), final,
+                          defer).tolist()
+
     def _step(self, batch: np.ndarray, rewards: np.ndarray, term: np.ndarray, trunc: np.ndarray,
-              final: np.ndarray) -> np.ndarray:
-        """`step` on checked arrays, one row per env slot (`_step_one` for one slot)."""
+              final: np.ndarray, defer: bool = False) -> np.ndarray:
+        """`step` on checked arrays, one row per env slot (`_step_one` for one slot). With
+        `defer`, a training round that is due is left to `run_pending_round`."""
         self._raise_round_error()
         n = len(batch)
         slots = [i for i in range(n) if i in self.prev_obs]
@@ -355,8 +386,7 @@ class Agent:
         actions = self._act(batch, greedy=False, params=acting)
         for i in range(n):
             self.prev_obs[i], self.prev_action[i] = batch[i], int(actions[i])
-        if train_now and self._can_train():
-            self._train_round()
+        self._round_if_due(train_now, defer)
         return actions
 
     def _step_one(self, batch: np.ndarray, reward: float, terminated: bool, truncated: bool, final: np.ndarray,
@@ -378,12 +408,15 @@ class Agent:
         acting, self.acting_params = self.acting_params, self.flat_params  # see `_step`
         action = self._act_one(batch, acting)
         self.prev_obs[0], self.prev_action[0] = batch[0], action
+        self._round_if_due(train_now, defer)
+        return action
+
+    def _round_if_due(self, train_now: bool, defer: bool) -> None:
         if train_now and self._can_train():
             if defer:
                 self.pending_round = True
             else:
                 self._train_round()
-        return action
 
     def _train_round(self) -> None:
         for _ in range(self.config.gradient_steps):

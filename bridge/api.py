@@ -30,7 +30,7 @@ import numpy as np
 
 from bridge.protocol import (as_array, as_bool, as_float, as_int, as_options, as_text,
                              describe, is_nil, to_builtin)
-from bridge.protocol.fastpath import CallFailed, parse_call, result_reply
+from bridge.protocol.fastpath import CallFailed, parse_call, result_reply, results_reply
 
 __all__ = ["new_agent", "select_action", "observe", "optimize", "step", "begin_episodes",
            "save", "load", "info", "close", "env_make", "env_spec", "env_reset", "env_step", "env_close",
@@ -143,8 +143,8 @@ def select_action(handle, obs, opts=None):
 
 
 def fast_reply(payload: bytes) -> bytes | tuple[bytes, Callable[[], None]] | None:
-    """The encoded reply to a `select_action` or `step` frame for one env slot, computed
-    without the general decode/normalise/encode path; None for every other frame and for
+    """The encoded reply to a `select_action` frame or a `step` frame (of one env slot
+    or several), computed without the general decode/normalise/encode path; None for every other frame and for
     any call this cannot answer as is (the server's general path then answers it, errors
     included). A `step` that fails once it has started raises CallFailed: its error is
     the reply, and the call is not run again. A `step` whose training round is due
@@ -160,6 +160,16 @@ def fast_reply(payload: bytes) -> bytes | tuple[bytes, Callable[[], None]] | Non
     if call[0] == "select_action":
         _, call_id, _, values, greedy = call
         action = agent.act_values(values, greedy)
+    elif call[0] == "step_rows":
+        _, call_id, _, rows, rewards, terminated, truncated, final = call
+        try:
+            actions = agent.step_rows(rows, rewards, terminated, truncated, final, defer=True)
+        except Exception as exc:
+            raise CallFailed(call_id) from exc
+        if actions is None:
+            return None
+        reply = results_reply(call_id, actions)
+        return (reply, agent.run_pending_round) if agent.pending_round else reply
     else:
         _, call_id, _, values, reward, terminated, truncated, final = call
         try:

@@ -431,3 +431,122 @@ def test_mutated_step_frames_never_disagree(step_twins, server):
         served += 1
         assert reply == server.handle(twin)
     assert served > 250
+
+
+# ------------------------------------------------------------ step of several env slots
+
+def rows_stream(n: int, slots: int, seed: int = 0):
+    """(obs rows, rewards, terminated, truncated, final rows or no final) for n vector
+    steps of `slots` fake episode streams: slot k's episodes end every 17 + k steps,
+    terminated or truncated in turn; final rows come whenever a slot ended."""
+    rng = random.Random(seed)
+    rewards, terminated, truncated, last = [0.0] * slots, [False] * slots, [False] * slots, None
+    for i in range(n):
+        obs = [[rng.uniform(-1, 1) for _ in range(4)] for _ in range(slots)]
+        final = (last,) if any(terminated) or any(truncated) else rng.choice([(), (None,)])
+        yield obs, rewards, terminated, truncated, final
+        last = obs
+        rewards = [rng.choice([1.0, 0.5, -1.0]) for _ in range(slots)]
+        ends = [i % (17 + k) == 16 + k for k in range(slots)]
+        terminated = [e and (i // (17 + k)) % 2 == 0 for k, e in enumerate(ends)]
+        truncated = [e and not t for e, t in zip(ends, terminated)]
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_step_of_several_slots_replies_and_trains_as_the_general_path(step_twins, server, slots):
+    """Lists of rows, rewards and flags, with and without final rows: the lane's replies
+    are the general path's byte for byte, and so is the training they drive."""
+    a, b = step_twins
+    served_final = 0
+    for i, (obs, rewards, terminated, truncated, final) in enumerate(rows_stream(300, slots)):
+        assert parse_call(step_call(i, a, obs, rewards, terminated, truncated, *final))[0] == "step_rows"
+        reply = assert_same(server, step_call(i, a, obs, rewards, terminated, truncated, *final),
+                            step_call(i, b, obs, rewards, terminated, truncated, *final))
+        assert len(reply[2]) == slots
+        served_final += bool(final and final[0])
+    lane_agent, general = api._agents[a[1]], api._agents[b[1]]
+    assert served_final > 10 and lane_agent.updates == general.updates > 200
+    assert lane_agent.env_steps == general.env_steps == 299 * slots
+    np.testing.assert_array_equal(np.asarray(lane_agent.flat_params), np.asarray(general.flat_params))
+    assert api.info(a) == api.info(b)
+
+
+def test_step_of_several_slots_as_otp_24_writes_it(step_twins, server):
+    a, b = step_twins
+    for i, (obs, rewards, terminated, truncated, final) in enumerate(rows_stream(60, 4)):
+        frames = [encode((Atom("C"), i, Atom("bridge.api"), Atom("step"),
+                          [(h[0].encode(), h[1]), obs, rewards, terminated, truncated, *final]))
+                  for h in (a, b)]
+        assert_same(server, *[as_atom_ext(f) for f in frames])
+
+
+def test_step_of_several_slots_defers_its_round_to_after_the_reply(step_twins):
+    a, _ = step_twins
+    agent = api._agents[a[1]]
+    for i, (obs, rewards, terminated, truncated, final) in enumerate(rows_stream(40, 4)):
+        reply = api.fast_reply(step_call(i, a, obs, rewards, terminated, truncated, *final))
+        if type(reply) is tuple:
+            assert agent.pending_round and agent.updates == 0
+            reply[1]()
+            assert not agent.pending_round and agent.updates == 1
+            return
+    raise AssertionError("no training round came due")
+
+
+def test_step_frames_of_several_slots_the_lane_declines_change_nothing(step_twins, server):
+    a, _ = step_twins
+    two = [OBS, OBS]
+    frames = {
+        # erl writes a list of integers 0..255 as STRING_EXT
+        "rewards as a string": step_call(1, a, two, [1, 1], [False] * 2, [False] * 2).replace(
+            b"l\x00\x00\x00\x02a\x01a\x01j", b"k\x00\x02\x01\x01"),
+        "scalar reward": step_call(1, a, two, 1.0, [False] * 2, [False] * 2),
+        "rewards too few": step_call(1, a, two, [1.0], [False] * 2, [False] * 2),
+        "flags too many": step_call(1, a, two, [1.0] * 2, [False] * 3, [False] * 2),
+        "ragged rows": step_call(1, a, [OBS, OBS[:3]], [1.0] * 2, [False] * 2, [False] * 2),
+        "integers in a row": step_call(1, a, [OBS, [0, 1, 0, 1]], [1.0] * 2, [False] * 2, [False] * 2),
+        "NaN in a row": step_call(1, a, [OBS, [math.nan, 0.0, 0.0, 0.0]], [1.0] * 2, [False] * 2, [False] * 2),
+        "infinite reward": step_call(1, a, two, [1.0, math.inf], [False] * 2, [False] * 2),
+        "reward beyond float32": step_call(1, a, two, [1.0, 1e300], [False] * 2, [False] * 2),
+        "flag not a bool": step_call(1, a, two, [1.0] * 2, [False, 0], [False] * 2),
+        "final rows too few": step_call(1, a, two, [1.0] * 2, [True, False], [False] * 2, [OBS]),
+        "final row with nil": step_call(1, a, two, [1.0] * 2, [True, False], [False] * 2, [OBS, None]),
+        "final row NaN": step_call(1, a, two, [1.0] * 2, [True, False], [False] * 2, [OBS, [math.nan] * 4]),
+        "select_action with rows": call(1, a, two),
+    }
+    agent = api._agents[a[1]]
+    ok = ("rewards as a string", "scalar reward", "integers in a row", "select_action with rows")
+    for name, data in frames.items():
+        before = (agent.env_steps, agent.vector_steps, dict(agent.prev_obs).keys())
+        assert api.fast_reply(data) is None, name
+        assert (agent.env_steps, agent.vector_steps, dict(agent.prev_obs).keys()) == before, name
+        reply = decode(server.handle(data))
+        assert reply[0] == ("r" if name in ok else "e"), (name, reply)
+
+
+def test_integer_rewards_of_several_slots_are_served_as_the_general_path_serves_them(step_twins, server):
+    a, b = step_twins
+    for i, (obs, rewards, terminated, truncated, final) in enumerate(rows_stream(50, 2)):
+        rewards = [int(r) for r in rewards]  # a list of small integers, as our encoder writes it
+        assert_same(server, step_call(i, a, obs, rewards, terminated, truncated, *final),
+                    step_call(i, b, obs, rewards, terminated, truncated, *final))
+
+
+def test_mutated_step_frames_of_several_slots_never_disagree(step_twins, server):
+    a, b = step_twins
+    rng = random.Random(11)
+    served = 0
+    for i, (obs, rewards, terminated, truncated, final) in enumerate(rows_stream(1200, 3, seed=4)):
+        data = step_call(i % 300, a, obs, rewards, terminated, truncated, *final)
+        if rng.random() < 0.8:
+            data = mutate(rng, data)
+        parsed = parse_call(data)
+        if parsed is None or parsed[0] != "step_rows" or parsed[2] != a[1]:
+            continue  # a frame for another agent (or none) would desynchronise the twins
+        twin = data.replace(encode(a)[1:], encode(b)[1:])
+        reply = lane(data)
+        if reply is None:
+            continue
+        served += 1
+        assert reply == server.handle(twin)
+    assert served > 200
