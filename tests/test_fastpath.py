@@ -550,3 +550,31 @@ def test_mutated_step_frames_of_several_slots_never_disagree(step_twins, server)
         served += 1
         assert reply == server.handle(twin)
     assert served > 200
+
+
+@pytest.mark.skipif(shutil.which("erl") is None, reason="needs a real erl")
+def test_the_several_slot_step_frame_a_real_erl_writes_is_served(step_twins, server):
+    """The bytes `term_to_binary(..., minor_version: 1)` gives on this OTP for the call a
+    vectorised `DQNBridge.Loop` makes: rows of floats, float rewards, boolean lists and
+    final rows; and the reply a real erl decodes to the list of actions."""
+    a, b = step_twins
+    frames = []
+    for handle in (a, b):
+        term = (f"{{'C', 9, 'bridge.api', step, [{{<<\"agent\">>, {handle[1]}}}, "
+                "[[0.02, -0.01, 0.03, 0.01], [0.1, 0.2, -0.3, 0.0], [0.0, 0.0, 0.0, 0.5]], "
+                "[1.0, 1.0, 0.0], [false, false, true], [false, false, false], "
+                "[[0.5, 0.5, 0.5, 0.5], [0.1, 0.2, -0.3, 0.0], [2.0, 0.1, 0.0, 0.0]]]}")
+        script = (f"io:format(\"~w\", [binary_to_list(term_to_binary({term}, "
+                  f"[{{minor_version, 1}}]))]), halt().")
+        out = subprocess.run(["erl", "-noshell", "-eval", script], capture_output=True,
+                             text=True, timeout=60, check=True).stdout
+        frames.append(bytes(ast.literal_eval(out)))
+    assert parse_call(frames[0])[0] == "step_rows"
+    fast = lane(frames[0])
+    assert fast == server.handle(frames[1])
+    script = (f"{{r, 9, Actions}} = binary_to_term(list_to_binary({list(fast)})), "
+              "io:format(\"~w\", [Actions]), halt().")
+    out = subprocess.run(["erl", "-noshell", "-eval", script], capture_output=True, text=True,
+                         timeout=60, check=True).stdout
+    actions = decode(fast)[2]
+    assert len(actions) == 3 and ast.literal_eval(out) == actions
