@@ -174,16 +174,7 @@ def parse_call(data: bytes) -> tuple | None:
         reward, i = _number(data, i)
         terminated, i = _bool(data, i)
         truncated, i = _bool(data, i)
-        final = None
-        if n_args == 6:
-            if data[i] == 108:
-                final, i = _floats(data, i)
-            else:
-                name, i = _atom(data, i)
-                if name != b"nil":
-                    return None
-        if data[i] != 106 or i + 1 != len(data):
-            return None
+        final = _final_and_end(data, i, n_args, _floats)
         return _STEP_CALL, call_id, number, values, float(reward), terminated, truncated, final
     except (_Decline, IndexError, struct.error):
         return None
@@ -197,18 +188,25 @@ def _step_rows(data: bytes, i: int, name: bytes, n_args: int, call_id: int, numb
     rewards, i = _list(data, i, _number)
     terminated, i = _list(data, i, _bool)
     truncated, i = _list(data, i, _bool)
+    final = _final_and_end(data, i, n_args, lambda data, i: _list(data, i, _floats))
+    return (_STEP_ROWS, call_id, number, rows, tuple(float(r) for r in rewards), terminated, truncated,
+            final)
+
+
+def _final_and_end(data: bytes, i: int, n_args: int, read) -> tuple | None:
+    """A `step` call's optional last argument, final_obs (read by `read`, or nil), whose
+    end must be the argument list's end and the frame's."""
     final = None
     if n_args == 6:
         if data[i] == 108:
-            final, i = _list(data, i, _floats)
+            final, i = read(data, i)
         else:
             name, i = _atom(data, i)
             if name != b"nil":
-                return None
+                raise _Decline
     if data[i] != 106 or i + 1 != len(data):
-        return None
-    return (_STEP_ROWS, call_id, number, rows, tuple(float(r) for r in rewards), terminated, truncated,
-            final)
+        raise _Decline
+    return final
 
 
 def _list(data: bytes, i: int, item) -> tuple[tuple, int]:
