@@ -144,13 +144,13 @@ def select_action(handle, obs, opts=None):
 
 def fast_reply(payload: bytes) -> bytes | tuple[bytes, Callable[[], None]] | None:
     """The encoded reply to a `select_action` frame or a `step` frame (of one env slot
-    or several), computed without the general decode/normalise/encode path; None for every other frame and for
-    any call this cannot answer as is (the server's general path then answers it, errors
-    included). A `step` that fails once it has started raises CallFailed: its error is
-    the reply, and the call is not run again. A `step` whose training round is due
-    returns (reply, round): the server sends the reply, then runs the round, so the
-    round computes while the BEAM steps its env. Not in `__all__`: the server calls it
-    before decoding a frame."""
+    or several), computed without the general decode/normalise/encode path; None for
+    every other frame and for any call this cannot answer as is (the server's general
+    path then answers it, errors included). A `step` that fails once it has started
+    raises CallFailed: its error is the reply, and the call is not run again. A `step`
+    whose training round is due returns (reply, round): the server sends the reply, then
+    runs the round, so the round computes while the BEAM steps its env(s). Not in
+    `__all__`: the server calls it before decoding a frame."""
     call = parse_call(payload)
     if call is None:
         return None

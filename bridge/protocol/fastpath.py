@@ -35,6 +35,7 @@ from bridge.protocol.etf import Atom, encode
 __all__ = ["CallFailed", "parse_call", "result_reply", "results_reply"]
 
 _REPLY_HEAD = b"\x83h\x03w\x01r"  # {:r, ...}, as `encode` writes it
+_R = Atom("r")
 _MODULE = b"bridge.api"
 _FUNCTION = b"select_action"
 _STEP = b"step"
@@ -280,9 +281,6 @@ def result_reply(call_id: int, value: int) -> bytes:
 def results_reply(call_id: int, values: list[int]) -> bytes:
     """`{:r, call_id, values}` for a list of ints, as the general path encodes it."""
     return encode((_R, call_id, values))
-
-
-_R = Atom("r")
 
 
 def _int_bytes(value: int) -> bytes:
