@@ -32,7 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--spin-us", type=float, default=None, metavar="US",
                         help="after each reply, poll for the next call this many µs before "
                              "sleeping: a control loop's next call then finds the server "
-                             "awake instead of paying for an idle CPU's wake-up (default "
+                             "awake instead of paying for an idle CPU's wake-up; never after "
+                             "a reply whose training round runs next (default "
                              f"{DEFAULT_SPIN_US:g} when the process may run on more than one "
                              "CPU, else 0; 0 turns it off)")
     parser.add_argument("--no-parent-watch", action="store_true",

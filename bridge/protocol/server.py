@@ -77,7 +77,8 @@ class Server:
         reply is written and before the next frame is read (work the caller need not
         wait for; it must keep its own errors).
       spin_seconds: after each reply, wait this long for the next frame without
-        sleeping (see `FrameReader`); 0 blocks at once.
+        sleeping (see `FrameReader`); 0 blocks at once. Never after a reply with
+        follow-up work: that work gives the caller its time, and needs the CPUs.
     """
 
     def __init__(self, functions: Mapping[str, Callable], module: str, in_fd: int,
