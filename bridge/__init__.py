@@ -12,14 +12,33 @@ __version__ = "0.1.0"
 # parts on several threads at once. A DQN train step is ~60 tiny kernels, where the hand-
 # offs cost more than they save: without it the step takes ~25% less CPU and wall time
 # (2 vCPUs: 160 vs 210 µs a step, pipelined), with bit-identical results.
+#
+# XLA aborts on a flag it does not know, so they are only added for the jaxlib releases
+# they were measured on (0.10 and later); older ones run without them.
 XLA_DEFAULTS = ("--xla_cpu_enable_concurrency_optimized_scheduler=false",)
+XLA_DEFAULTS_SINCE = (0, 10)
 
 
-def _with_defaults(flags: str) -> str:
+def _with_defaults(flags: str, jaxlib_version: str | None) -> str:
+    try:
+        release = tuple(int(part) for part in (jaxlib_version or "").split(".")[:2])
+    except ValueError:  # a version we cannot read: add nothing
+        return flags
+    if release < XLA_DEFAULTS_SINCE:
+        return flags
     for flag in XLA_DEFAULTS:
         if flag.split("=", 1)[0] not in flags:
             flags = f"{flags} {flag}".strip()
     return flags
 
 
-_os.environ["XLA_FLAGS"] = _with_defaults(_os.environ.get("XLA_FLAGS", ""))
+def _jaxlib_version() -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("jaxlib")
+    except PackageNotFoundError:
+        return None
+
+
+_os.environ["XLA_FLAGS"] = _with_defaults(_os.environ.get("XLA_FLAGS", ""), _jaxlib_version())

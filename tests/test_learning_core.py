@@ -424,3 +424,16 @@ def test_xla_defaults_are_added_to_the_users_flags_never_over_them(user_flags, e
     out = subprocess.run([sys.executable, "-c", "import os, bridge.agent; print(os.environ['XLA_FLAGS'])"],
                          env=env, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == expected
+
+
+@pytest.mark.parametrize("version, added", [("0.10.2", True), ("0.11.0", True), ("1.0", True),
+                                            ("0.9.9", False), ("0.4.30", False), ("", False),
+                                            (None, False), ("dev-build", False)])
+def test_xla_defaults_only_for_the_jaxlib_releases_that_know_them(version, added):
+    """XLA aborts on a flag it does not know: older (or unreadable) jaxlib versions get
+    the user's XLA_FLAGS untouched."""
+    from bridge import XLA_DEFAULTS, _with_defaults
+
+    got = _with_defaults("--xla_cpu_use_xnnpack=true", version)
+    assert got == ("--xla_cpu_use_xnnpack=true " + " ".join(XLA_DEFAULTS) if added
+                   else "--xla_cpu_use_xnnpack=true")
