@@ -340,14 +340,11 @@ class Agent:
         having changed nothing, when an argument is not one `step` would accept as is;
         `step` then takes the call and says what is wrong. `defer` as in `step_values`."""
         n = len(rows)
-        if not (len(rewards) == len(terminated) == len(truncated) == n) \
+        if not len(terminated) == len(truncated) == n or not _finite_f32(rewards, n) \
                 or (final_rows is not None and len(final_rows) != n):
             return None
         for row in rows:
             if not _finite_f32(row, self.obs_dim):
-                return None
-        for reward in rewards:
-            if not -_F32_MAX <= reward <= _F32_MAX:
                 return None
         if final_rows is not None:
             for row in final_rows:
@@ -423,9 +420,9 @@ class Agent:
             self._update()
 
     def run_pending_round(self) -> None:
-        """Run the training round a deferred `step_values` left due, if any. Its reply is
-        already sent, so an error is kept and raised by this agent's next `step`,
-        `optimize` or `save` (`_raise_round_error`)."""
+        """Run the training round a deferred `step_values` or `step_rows` left due, if
+        any. Its reply is already sent, so an error is kept and raised by this agent's
+        next `step`, `optimize` or `save` (`_raise_round_error`)."""
         if self.pending_round:
             self.pending_round = False
             try:

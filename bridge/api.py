@@ -157,28 +157,19 @@ def fast_reply(payload: bytes) -> bytes | tuple[bytes, Callable[[], None]] | Non
     agent = _agents.get(call[2])
     if agent is None:
         return None
-    if call[0] == "select_action":
-        _, call_id, _, values, greedy = call
-        action = agent.act_values(values, greedy)
-    elif call[0] == "step_rows":
-        _, call_id, _, rows, rewards, terminated, truncated, final = call
-        try:
-            actions = agent.step_rows(rows, rewards, terminated, truncated, final, defer=True)
-        except Exception as exc:
-            raise CallFailed(call_id) from exc
-        if actions is None:
-            return None
-        reply = results_reply(call_id, actions)
-        return (reply, agent.run_pending_round) if agent.pending_round else reply
-    else:
-        _, call_id, _, values, reward, terminated, truncated, final = call
-        try:
-            action = agent.step_values(values, reward, terminated, truncated, final, defer=True)
-        except Exception as exc:
-            raise CallFailed(call_id) from exc
-        if agent.pending_round:
-            return result_reply(call_id, action), agent.run_pending_round
-    return None if action is None else result_reply(call_id, action)
+    kind, call_id = call[0], call[1]
+    if kind == "select_action":
+        action = agent.act_values(*call[3:])
+        return None if action is None else result_reply(call_id, action)
+    step = agent.step_rows if kind == "step_rows" else agent.step_values
+    try:
+        action = step(*call[3:], defer=True)
+    except Exception as exc:
+        raise CallFailed(call_id) from exc
+    if action is None:  # declined before changing anything: no round is pending
+        return None
+    reply = results_reply(call_id, action) if kind == "step_rows" else result_reply(call_id, action)
+    return (reply, agent.run_pending_round) if agent.pending_round else reply
 
 
 def observe(handle, transition) -> None:

@@ -282,8 +282,8 @@ defmodule DQNBridge.Agent do
   batch, a full batch whose other rows are ignored).
 
   The action comes from the params as they were when the previous step began
-  (one training round behind), and for one env slot Python replies before it
-  runs the round that is due: the round computes while you step your env. A
+  (one training round behind), and Python replies before it runs the round
+  that is due: the round computes while you step your env(s). A
   round that fails is reported by the agent's next `step/6`, `optimize/2` or
   `save/3`, which then changes nothing.
 
