@@ -58,7 +58,7 @@ defmodule DQNBridge.Reliability.RestartTest do
     assert length(Enum.uniq(killed)) == @kills
     assert Enum.all?(killed, &(OSProcess.wait_gone(&1, 2_000) != :timeout))
 
-    health = Agent.health(agent)
+    health = await_restarts(agent, @kills, 30_000)
 
     assert %{
              restarts: @kills,
@@ -109,8 +109,9 @@ defmodule DQNBridge.Reliability.RestartTest do
         OSProcess.kill9(os_pid)
 
         # The interrupted save is sent again once the agent is back; it saves the reloaded state.
+        # A save that ended before the kill returns before the agent has seen the exit.
         assert Task.await(save, 120_000) == :ok
-        assert %{restarts: ^attempt, checkpoint: ^path} = Agent.health(agent)
+        assert %{restarts: ^attempt, checkpoint: ^path} = await_restarts(agent, attempt, 30_000)
         %{env_steps: now} = Agent.info(agent)
 
         if mid_save? do
@@ -212,6 +213,22 @@ defmodule DQNBridge.Reliability.RestartTest do
         Process.sleep(5)
         next_victim(agent, killed, deadline)
     end
+  end
+
+  # The agent's health once it has restarted its Python process `n` times in all.
+  defp await_restarts(agent, n, ms) do
+    deadline = System.monotonic_time(:millisecond) + ms
+
+    Stream.repeatedly(fn ->
+      health = Agent.health(agent)
+
+      cond do
+        health.restarts >= n and health.os_pid != nil -> health
+        System.monotonic_time(:millisecond) > deadline -> health
+        true -> Process.sleep(5)
+      end
+    end)
+    |> Enum.find(&is_map/1)
   end
 
   # `n` transitions, stored as tensors in batches of 50,000.
