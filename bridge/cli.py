@@ -47,9 +47,11 @@ def _add_config_arguments(p: argparse.ArgumentParser) -> None:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from bridge.plot import plot_learning_curve
+    from bridge.threads import start_backend
     from bridge.train import train
 
     config = build_config(args)
+    start_backend(args.xla_threads)
     run_dir = os.path.join(args.runs_dir, args.name or f"{config.env_id}-seed{config.seed}")
     _, result = train(config, args.steps, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                       target_return=args.target, stop_when_solved=args.stop_when_solved, run_dir=run_dir,
@@ -129,6 +131,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--target", type=float, default=475.0, help="mean greedy return that counts as solved (default 475)")
     p.add_argument("--stop-when-solved", action="store_true", help="stop at the first evaluation reaching --target")
     p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
+    p.add_argument("--xla-threads", type=int, default=0, metavar="N",
+                   help="worker threads of JAX's CPU backend (default 0: one per CPU)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="run greedy episodes from a checkpoint",

@@ -16,6 +16,7 @@ import os
 import sys
 
 from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
+from bridge.threads import available_cpus, start_backend
 
 MODULE = "bridge.api"
 DEFAULT_SPIN_US = 200.0
@@ -36,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "a reply whose training round runs next (default "
                              f"{DEFAULT_SPIN_US:g} when the process may run on more than one "
                              "CPU, else 0; 0 turns it off)")
+    parser.add_argument("--xla-threads", type=int, default=None, metavar="N",
+                        help="worker threads of JAX's CPU backend (default: one fewer than the "
+                             "CPUs, at least 1, leaving a CPU to the BEAM; 0: one per CPU)")
     parser.add_argument("--no-parent-watch", action="store_true",
                         help="keep running when the parent process dies (by default the "
                              "server exits within a second, even mid-computation)")
@@ -49,6 +53,16 @@ def spin_seconds(spin_us: float | None) -> float:
     if not 0 <= spin_us <= 1e6:
         raise ValueError(f"--spin-us must be between 0 and 1000000, got {spin_us:g}")
     return spin_us * 1e-6
+
+
+def xla_threads(option: int | None) -> int:
+    """The worker threads of `--xla-threads`: by default one fewer than the CPUs, since
+    the BEAM driving the server needs one too (see `bridge.threads`)."""
+    if option is None:
+        return max(1, available_cpus() - 1)
+    if option < 0:
+        raise ValueError(f"--xla-threads must be >= 0 (0: one per CPU), got {option}")
+    return option
 
 
 def _descriptors(use_stdio: bool) -> tuple[int, int]:
@@ -81,6 +95,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         spin = spin_seconds(args.spin_us)
+        threads = xla_threads(args.xla_threads)
         in_fd, out_fd = _descriptors(args.use_stdio)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -89,6 +104,7 @@ def main(args: argparse.Namespace) -> int:
         watch_parent(reply_fd=out_fd, input_fd=in_fd)
     import bridge.api
 
+    start_backend(threads)
     gc.freeze()  # what startup built (JAX, numpy, the api) is never traced by a collection
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
                     fast_reply=bridge.api.fast_reply, spin_seconds=spin)
