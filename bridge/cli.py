@@ -10,6 +10,7 @@ import sys
 from typing import Any, Sequence
 
 from bridge.config import PRESETS, DQNConfig, preset
+from bridge.threads import DEFAULT_NICE
 
 
 def _set_option(text: str) -> tuple[str, Any]:
@@ -51,7 +52,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from bridge.train import train
 
     config = build_config(args)
-    start_backend(args.xla_threads)
+    start_backend(args.xla_threads, args.xla_nice)
     run_dir = os.path.join(args.runs_dir, args.name or f"{config.env_id}-seed{config.seed}")
     _, result = train(config, args.steps, eval_every=args.eval_every, eval_episodes=args.eval_episodes,
                       target_return=args.target, stop_when_solved=args.stop_when_solved, run_dir=run_dir,
@@ -133,6 +134,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-progress", action="store_true", help="no live progress line on stderr")
     p.add_argument("--xla-threads", type=int, default=0, metavar="N",
                    help="worker threads of JAX's CPU backend (default 0: one per CPU)")
+    p.add_argument("--xla-nice", type=int, default=DEFAULT_NICE, metavar="N",
+                   help="run those worker threads N nice steps below the training loop's thread, "
+                        f"0-19 (default {DEFAULT_NICE}; 0: the same priority)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="run greedy episodes from a checkpoint",

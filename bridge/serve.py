@@ -16,7 +16,7 @@ import os
 import sys
 
 from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
-from bridge.threads import available_cpus, start_backend
+from bridge.threads import DEFAULT_NICE, available_cpus, start_backend
 
 MODULE = "bridge.api"
 DEFAULT_SPIN_US = 200.0
@@ -40,6 +40,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xla-threads", type=int, default=None, metavar="N",
                         help="worker threads of JAX's CPU backend (default: one fewer than the "
                              "CPUs, at least 1, leaving a CPU to the BEAM; 0: one per CPU)")
+    parser.add_argument("--xla-nice", type=int, default=DEFAULT_NICE, metavar="N",
+                        help="run those worker threads N nice steps below the thread that "
+                             f"answers calls, 0-19 (default {DEFAULT_NICE}; 0: the same priority)")
     parser.add_argument("--no-parent-watch", action="store_true",
                         help="keep running when the parent process dies (by default the "
                              "server exits within a second, even mid-computation)")
@@ -96,6 +99,8 @@ def main(args: argparse.Namespace) -> int:
     try:
         spin = spin_seconds(args.spin_us)
         threads = xla_threads(args.xla_threads)
+        if not 0 <= args.xla_nice <= 19:
+            raise ValueError(f"--xla-nice must be between 0 and 19, got {args.xla_nice}")
         in_fd, out_fd = _descriptors(args.use_stdio)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -104,7 +109,7 @@ def main(args: argparse.Namespace) -> int:
         watch_parent(reply_fd=out_fd, input_fd=in_fd)
     import bridge.api
 
-    start_backend(threads)
+    start_backend(threads, args.xla_nice)
     gc.freeze()  # what startup built (JAX, numpy, the api) is never traced by a collection
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
                     fast_reply=bridge.api.fast_reply, spin_seconds=spin)

@@ -1,5 +1,6 @@
-"""The worker threads of JAX's CPU backend: `bridge.threads`, `serve --xla-threads`,
-`train --xla-threads`. Each case runs in a fresh process, since a backend starts once."""
+"""The worker threads of JAX's CPU backend: `bridge.threads`, and the `--xla-threads` and
+`--xla-nice` options of `serve` and `train`. Each case runs in a fresh process, since a
+backend starts once."""
 from __future__ import annotations
 
 import json
@@ -14,8 +15,8 @@ from conftest import ROOT, PortClient
 
 CPUS = len(os.sched_getaffinity(0))
 
-# Starts the backend with argv[1] threads, runs a computation, and reports the pool size
-# and every thread's mask before and after.
+# Starts the backend with argv[1] threads at nice argv[2], runs a computation, and reports
+# the workers' nice values, this thread's, and every thread's mask before and after.
 _PROBE = """
 import json, os, sys
 from bridge.threads import available_cpus, start_backend, worker_threads
@@ -24,58 +25,69 @@ def masks():
     return sorted({tuple(sorted(os.sched_getaffinity(int(t)))) for t in os.listdir("/proc/self/task")})
 
 before = masks()
-start_backend(int(sys.argv[1]))
+start_backend(int(sys.argv[1]), int(sys.argv[2]))
 import jax.numpy as jnp
 total = float((jnp.arange(4.0) * 2).sum())
-print(json.dumps({"cpus": available_cpus(), "workers": worker_threads(), "before": before,
-                  "after": masks(), "total": total}))
+print(json.dumps({"cpus": available_cpus(), "workers": [nice for _, nice in worker_threads()],
+                  "main": os.getpriority(os.PRIO_PROCESS, 0), "before": before, "after": masks(),
+                  "total": total}))
 """
 
 
-def probe(threads: int) -> dict:
-    out = subprocess.run([sys.executable, "-c", _PROBE, str(threads)], capture_output=True, text=True,
+def probe(threads: int, nice: int) -> dict:
+    out = subprocess.run([sys.executable, "-c", _PROBE, str(threads), str(nice)], capture_output=True, text=True,
                          cwd=ROOT, timeout=120, check=True)
     return json.loads(out.stdout)
 
 
-@pytest.mark.parametrize("threads", [1, 0, 64])
-def test_start_backend_sizes_the_pool_and_leaves_every_thread_its_cpus(threads):
-    seen = probe(threads)
+@pytest.mark.parametrize("threads, nice", [(1, 5), (0, 0), (64, 3)])
+def test_start_backend_sizes_the_pool_lowers_its_priority_and_leaves_every_thread_its_cpus(threads, nice):
+    seen = probe(threads, nice)
     assert seen["cpus"] == CPUS
-    assert seen["workers"] == (threads if 0 < threads < CPUS else CPUS)
+    assert len(seen["workers"]) == (threads if 0 < threads < CPUS else CPUS)
+    assert seen["workers"] == [seen["main"] + nice] * len(seen["workers"])
     # The narrowing was only for the backend's start: every thread, the pool's included,
     # may run on all the CPUs the process had.
     assert seen["before"] == seen["after"] == [sorted(os.sched_getaffinity(0))]
     assert seen["total"] == 12.0
 
 
-def test_start_backend_refuses_a_negative_count():
+def test_start_backend_refuses_a_negative_count_or_nice():
     from bridge.threads import start_backend
 
     with pytest.raises(ValueError, match=r"must be >= 0 \(0: one per CPU\), got -1"):
         start_backend(-1)
+    with pytest.raises(ValueError, match=r"nice must be between 0 and 19, got 20"):
+        start_backend(1, 20)
 
 
-def server_workers(client: PortClient) -> int:
-    """The XLA worker threads of the client's server process, once it answers calls."""
+def server_workers(client: PortClient) -> list[int]:
+    """The nice values of the XLA worker threads of the client's server process, less that
+    of its main thread, once it answers calls."""
     assert client.call("ping", [Atom("up")]) == [Atom("up")]
     pid = client.proc.pid
-    names = []
+
+    def nice(tid):  # field 19 of /proc/<pid>/task/<tid>/stat, after the ")" that ends comm
+        with open(f"/proc/{pid}/task/{tid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[16])
+
+    workers = []
     for tid in os.listdir(f"/proc/{pid}/task"):
         with open(f"/proc/{pid}/task/{tid}/comm") as f:
-            names.append(f.read())
-    return sum("XLAEigen" in name for name in names)
+            if "XLAEigen" in f.read():
+                workers.append(nice(tid) - nice(pid))
+    return workers
 
 
 @pytest.mark.integration
-@pytest.mark.parametrize("args, expected", [
-    ((), max(1, CPUS - 1)),  # one CPU left to the BEAM
-    (("--xla-threads", "0"), CPUS),
-    (("--xla-threads", "1"), 1),
+@pytest.mark.parametrize("args, count, nice", [
+    ((), max(1, CPUS - 1), 5),  # one CPU left to the BEAM
+    (("--xla-threads", "0", "--xla-nice", "0"), CPUS, 0),
+    (("--xla-threads", "1", "--xla-nice", "12"), 1, 12),
 ])
-def test_serve_leaves_a_cpu_to_the_beam_unless_told_otherwise(args, expected):
+def test_serve_leaves_a_cpu_to_the_beam_unless_told_otherwise(args, count, nice):
     with PortClient(args=list(args)) as client:
-        assert server_workers(client) == expected
+        assert server_workers(client) == [nice] * count
         agent = client.call("new_agent", {Atom("seed"): 0, Atom("learning_starts"): 32,
                                           Atom("batch_size"): 32})
         action = client.call("step", agent, [0.0, 0.1, 0.0, -0.1], 0.0, False, False)
@@ -86,8 +98,14 @@ def test_serve_leaves_a_cpu_to_the_beam_unless_told_otherwise(args, expected):
 
 
 @pytest.mark.parametrize("command", [["serve"], ["train", "--steps", "10"]])
-def test_a_negative_thread_count_is_refused_with_its_value(command):
-    out = subprocess.run([sys.executable, "-m", "bridge", *command, "--xla-threads", "-3"],
+@pytest.mark.parametrize("option, message", [
+    (["--xla-threads", "-3"], "must be >= 0 (0: one per CPU), got -3"),
+    (["--xla-nice", "25"], "must be between 0 and 19, got 25"),
+])
+def test_a_bad_thread_option_is_refused_with_its_value(command, option, message, tmp_path):
+    out = subprocess.run([sys.executable, "-m", "bridge", *command, *option,
+                          *(["--runs-dir", str(tmp_path)] if command[0] == "train" else [])],
                          capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert out.returncode == 2
-    assert "must be >= 0 (0: one per CPU), got -3" in out.stderr
+    assert message in out.stderr
+    assert not list(tmp_path.iterdir())  # train wrote nothing
