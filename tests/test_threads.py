@@ -109,3 +109,32 @@ def test_a_bad_thread_option_is_refused_with_its_value(command, option, message,
     assert out.returncode == 2
     assert message in out.stderr
     assert not list(tmp_path.iterdir())  # train wrote nothing
+
+
+# Trains 800 fused steps on random CartPole-shaped data with argv[1] workers at nice
+# argv[2]; prints a digest of the params and the actions taken.
+_LEARN = """
+import hashlib, sys
+import numpy as np
+from bridge.threads import start_backend
+start_backend(int(sys.argv[1]), int(sys.argv[2]))
+from bridge.agent import Agent
+from bridge.config import DQNConfig
+agent = Agent(DQNConfig(seed=3, learning_starts=100, batch_size=64))
+rng = np.random.default_rng(0)
+actions = [agent.step(rng.standard_normal(4).astype(np.float32))]
+for i in range(800):
+    done = i % 50 == 49
+    actions.append(agent.step(rng.standard_normal(4).astype(np.float32), 1.0, done, False))
+digest = hashlib.sha256(np.asarray(agent.flat_params).tobytes() + bytes(actions)).hexdigest()
+print(agent.updates, digest)
+"""
+
+
+def test_the_pool_size_and_priority_do_not_change_what_an_agent_learns():
+    runs = {subprocess.run([sys.executable, "-c", _LEARN, threads, nice], capture_output=True, text=True,
+                           cwd=ROOT, timeout=300, check=True).stdout
+            for threads, nice in (("1", "5"), ("0", "0"))}
+    assert len(runs) == 1, runs
+    updates = int(runs.pop().split()[0])
+    assert updates == 701  # one per stored transition from the 100th on
