@@ -1,4 +1,4 @@
-"""The number of worker threads JAX's CPU backend runs computations on.
+"""How many worker threads JAX's CPU backend runs computations on, and at what priority.
 
 JAX sizes that pool once, when its CPU backend starts, from the CPUs the starting thread
 may run on (its affinity mask); no flag or config option sets it. `start_backend(n)`
@@ -10,14 +10,15 @@ Why fewer: a DQN train step is a few dozen tiny kernels. Spread over several wor
 the hand-offs and the idle workers' spinning cost CPU time without shortening the step.
 That matters for `bridge serve`, which shares the machine with the BEAM driving it: with
 one CPU left to the BEAM, the Elixir-driven CartPole loop on 2 vCPUs trains ~20-30%
-faster (README, "Benchmarks"). The in-process loop of `bridge train` gains nothing, so
-it keeps JAX's default of one worker per CPU.
+faster (README, "Speed"). The in-process loop of `bridge train` gains nothing, so it
+keeps JAX's default of one worker per CPU.
 
 Both also run the workers at a lower priority (`nice`, default 5 steps below the thread
 that starts the backend). A training round's computation has a whole env step to finish,
 while the thread that answers the BEAM (or steps gymnasium) is on the critical path:
-when both want the same CPU, the kernel now lets the latter run first. On 2 vCPUs that
-is another ~10% for the Elixir-driven loop and a wash or slightly better in process.
+when both want the same CPU, the kernel now lets the latter run first. On 2 vCPUs,
+alternated runs of the Elixir-driven loop gained 3-12% (within the VM's drift), and the
+in-process loop about 2%.
 """
 from __future__ import annotations
 
