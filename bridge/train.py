@@ -56,6 +56,7 @@ class TrainResult:
     best_step: int | None = None  # env step at which it was seen
     solved_step: int | None = None  # first env step whose eval reached the target
     solved_seconds: float | None = None  # wall seconds (including JIT) to that eval
+    cpu_us_per_step: float | None = None  # CPU time of all the process's threads per env step, in the loop
     evals: list[tuple[int, float]] = field(default_factory=list)
 
 
@@ -95,7 +96,7 @@ def train(config: DQNConfig, total_steps: int, *, eval_every: int = 1000, eval_e
     """
     start = time.perf_counter()
     agent = Agent(config)  # compiles the train step
-    loop_start = time.perf_counter()
+    loop_start, loop_cpu_start = time.perf_counter(), time.process_time()
     env = gym.make(config.env_id)
     result = TrainResult(0, 0.0, 0.0)
     writer = None
@@ -158,11 +159,13 @@ def train(config: DQNConfig, total_steps: int, *, eval_every: int = 1000, eval_e
             metrics_file.close()
     result.wall_seconds = time.perf_counter() - start
     result.steps_per_second = result.steps / (time.perf_counter() - loop_start)
+    result.cpu_us_per_step = (time.process_time() - loop_cpu_start) / max(1, result.steps) * 1e6
     if run_dir:
         agent.save(os.path.join(run_dir, "final.ckpt"))
         with open(os.path.join(run_dir, "summary.json"), "w") as f:
             json.dump({"steps": result.steps, "wall_seconds": result.wall_seconds,
-                       "steps_per_second": result.steps_per_second, "best_eval": result.best_eval,
+                       "steps_per_second": result.steps_per_second,
+                       "cpu_us_per_step": result.cpu_us_per_step, "best_eval": result.best_eval,
                        "best_step": result.best_step, "solved_step": result.solved_step,
                        "solved_seconds": result.solved_seconds, "evals": result.evals}, f, indent=2)
     return agent, result

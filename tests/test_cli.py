@@ -39,6 +39,9 @@ def test_train_writes_metrics_config_checkpoints_and_curve_then_eval_and_plot_re
     assert sum(float(r["episode_return"]) for r in rows if r["episode_return"]) > 0
     summary = json.loads((run / "summary.json").read_text())
     assert summary["steps"] == 1500 and summary["steps_per_second"] > 0
+    # The loop never blocks, so its CPU time (all threads) is at least about its wall time.
+    wall_us_per_step = 1e6 / summary["steps_per_second"]
+    assert 0.5 * wall_us_per_step < summary["cpu_us_per_step"] < 1e6
     assert (run / "learning_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
     ev = subprocess.run(PY + ["eval", str(run / "final.ckpt"), "--episodes", "3", "--json"],

@@ -16,7 +16,9 @@ defmodule Mix.Tasks.Dqn.Bench do
       with one pure-Elixir CartPole and with `--envs` of them vectorised, beside
       `python -m bridge train` on the same config, all without evaluations. The
       three runs take turns for `--rounds` rounds and the medians are compared,
-      so that a slow minute on a shared machine does not pick the winner.
+      so that a slow minute on a shared machine does not pick the winner. Beside
+      each, the CPU time per env step of all of Python's threads and of the BEAM's
+      (from /proc), which tells a loop bound by the CPUs from one that waits.
 
   Steps/s are counted as `python -m bridge train` counts them: from creating the
   agent to the last step.
@@ -110,6 +112,9 @@ defmodule Mix.Tasks.Dqn.Bench do
       round_trips_us: latency,
       training_steps_per_second: training.median,
       training_steps_per_second_by_round: training.rounds,
+      training_cpu_us_per_step: training.cpu_median,
+      training_cpu_us_per_step_by_round: training.cpu_rounds,
+      cpus_available: cpus_available(),
       ratios: ratios(latency, training.median, opts[:envs])
     }
 
@@ -119,6 +124,14 @@ defmodule Mix.Tasks.Dqn.Bench do
     info.(table(result, opts[:envs]))
     info.("wrote #{path}")
     result
+  end
+
+  # The CPUs this BEAM may run on (its schedulers' view of the machine).
+  defp cpus_available do
+    case :erlang.system_info(:logical_processors_available) do
+      n when is_integer(n) -> n
+      _ -> System.schedulers_online()
+    end
   end
 
   # The executable and leading arguments that start Python: through taskset, pinned
@@ -288,12 +301,30 @@ defmodule Mix.Tasks.Dqn.Bench do
         Map.new(runs, fn {name, run} -> {name, run.()} end)
       end
 
-    median =
-      Map.new(runs, fn {name, _} ->
-        {name, rounds |> Enum.map(& &1[name]) |> median() |> Float.round(1)}
-      end)
+    median_of = fn name, key ->
+      case rounds |> Enum.map(& &1[name][key]) |> Enum.reject(&is_nil/1) do
+        [] -> nil
+        values -> values |> median() |> Float.round(1)
+      end
+    end
 
-    %{rounds: rounds, median: median}
+    names = Enum.map(runs, &elem(&1, 0))
+
+    %{
+      rounds: Enum.map(rounds, fn round -> Map.new(round, fn {name, r} -> {name, r.sps} end) end),
+      median: Map.new(names, &{&1, median_of.(&1, :sps)}),
+      cpu_rounds:
+        Enum.map(rounds, fn round ->
+          Map.new(round, fn {name, r} ->
+            {name, %{"python" => r.python_cpu, "beam" => r.beam_cpu}}
+          end)
+        end),
+      cpu_median:
+        Map.new(
+          names,
+          &{&1, %{"python" => median_of.(&1, :python_cpu), "beam" => median_of.(&1, :beam_cpu)}}
+        )
+    }
   end
 
   defp median(values) do
@@ -314,6 +345,8 @@ defmodule Mix.Tasks.Dqn.Bench do
       # Like `python -m bridge train`'s steps/s: the clock starts once the agent (and its
       # compiled train step) exists.
       {:ok, agent} = Agent.start_link(python: py, config: [seed: opts[:seed]])
+      os_pid = Python.os_pid(py)
+      cpu0 = {cpu_seconds(os_pid), cpu_seconds(System.pid())}
       t0 = System.monotonic_time()
       env = if n_envs == 1, do: CartPole.new(), else: Vector.new(CartPole.new(), n_envs)
       state = agent |> Loop.dqn(env) |> Loop.run(steps: opts[:steps], seed: opts[:seed])
@@ -321,8 +354,17 @@ defmodule Mix.Tasks.Dqn.Bench do
       seconds =
         System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1.0e6
 
+      {python_cpu, beam_cpu} = cpu0
+      per_step = &us_per_step(&1, &2, state.step)
+
+      result = %{
+        sps: Float.round(state.step / seconds, 1),
+        python_cpu: per_step.(python_cpu, cpu_seconds(os_pid)),
+        beam_cpu: per_step.(beam_cpu, cpu_seconds(System.pid()))
+      }
+
       Agent.stop(agent)
-      Float.round(state.step / seconds, 1)
+      result
     after
       Python.stop(py)
     end
@@ -347,7 +389,7 @@ defmodule Mix.Tasks.Dqn.Bench do
 
     try do
       case System.cmd(python, args, cd: Python.project_root(), stderr_to_stdout: true) do
-        {_, 0} -> read_steps_per_second(Path.join([runs_dir, "python", "summary.json"]))
+        {_, 0} -> read_summary(Path.join([runs_dir, "python", "summary.json"]))
         {out, status} -> Mix.raise("python -m bridge train failed (exit #{status}):\n#{out}")
       end
     after
@@ -355,14 +397,50 @@ defmodule Mix.Tasks.Dqn.Bench do
     end
   end
 
-  defp read_steps_per_second(summary) do
+  defp read_summary(summary) do
+    number = fn text, key ->
+      case Regex.run(~r/"#{key}":\s*([0-9.eE+-]+)/, text) do
+        [_, value] -> value |> Float.parse() |> elem(0) |> Float.round(1)
+        nil -> nil
+      end
+    end
+
     with {:ok, text} <- File.read(summary),
-         [_, value] <- Regex.run(~r/"steps_per_second":\s*([0-9.eE+-]+)/, text) do
-      value |> Float.parse() |> elem(0) |> Float.round(1)
+         sps when sps != nil <- number.(text, "steps_per_second") do
+      %{sps: sps, python_cpu: number.(text, "cpu_us_per_step"), beam_cpu: nil}
     else
       _ -> Mix.raise("#{summary} has no \"steps_per_second\"")
     end
   end
+
+  # CPU seconds used so far by OS process `os_pid`, all its threads (Linux's /proc);
+  # nil where there is no /proc.
+  defp cpu_seconds(os_pid) do
+    with {:ok, stat} <- File.read("/proc/#{os_pid}/stat") do
+      # Fields after the command name (which may hold spaces): utime and stime are the
+      # 12th and 13th, in clock ticks.
+      fields = stat |> String.split(")") |> List.last() |> String.split()
+      ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
+      ticks / clock_ticks()
+    else
+      _ -> nil
+    end
+  end
+
+  defp clock_ticks do
+    with exe when exe != nil <- System.find_executable("getconf"),
+         {out, 0} <- System.cmd(exe, ["CLK_TCK"]),
+         {ticks, _} when ticks > 0 <- Integer.parse(out) do
+      ticks
+    else
+      _ -> 100
+    end
+  end
+
+  defp us_per_step(before, after_, steps) when is_number(before) and is_number(after_),
+    do: Float.round((after_ - before) / steps * 1.0e6, 1)
+
+  defp us_per_step(_, _, _), do: nil
 
   defp ratios(latency, sps, n_envs) do
     med = &latency[&1]["median_us"]
@@ -394,6 +472,12 @@ defmodule Mix.Tasks.Dqn.Bench do
     row = fn name -> "| #{name} | #{rt[name]["median_us"]} | #{rt[name]["p99_us"]} |" end
     pinned = if cpu = result.round_trips_pinned_to_cpu, do: ", pinned to CPU #{cpu}", else: ""
 
+    cpu_cells = fn name ->
+      cpu = result.training_cpu_us_per_step[name]
+      wall = Float.round(1.0e6 / sps[name], 1)
+      "#{wall} | #{cpu["python"] || "-"} | #{cpu["beam"] || "-"}"
+    end
+
     """
 
     | round trip (µs#{pinned}) | median | p99 |
@@ -407,11 +491,13 @@ defmodule Mix.Tasks.Dqn.Bench do
 
     select_action / (port echo + act): #{r["select_action / (port_echo + act), median (target <= 1.25)"]} (median, target <= 1.25), #{r["select_action / (port_echo + act), p99"]} (p99); against the bare port echo: #{r["select_action / (bare_port_echo + act), median"]}; against ping: #{r["select_action / (ping + act), median"]}
 
-    | training, CartPole-v1, #{result.steps} steps, median of #{result.rounds} | steps/s | vs Python |
-    |---|---:|---:|
-    | `python -m bridge train` (in process, gymnasium) | #{sps["python_in_process"]} | 1.00 |
-    | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r["elixir 1 env / python in process (target >= 1.0)"]} |
-    | `Loop`, #{n_envs} vectorised Elixir CartPoles | #{sps["elixir_#{n_envs}_envs"]} | #{r["elixir vectorised / python in process (target >= 3.0)"]} |
+    | training, CartPole-v1, #{result.steps} steps, median of #{result.rounds} | steps/s | vs Python | wall µs/step | CPU µs/step: Python | BEAM |
+    |---|---:|---:|---:|---:|---:|
+    | `python -m bridge train` (in process, gymnasium) | #{sps["python_in_process"]} | 1.00 | #{cpu_cells.("python_in_process")} |
+    | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r["elixir 1 env / python in process (target >= 1.0)"]} | #{cpu_cells.("elixir_1_env")} |
+    | `Loop`, #{n_envs} vectorised Elixir CartPoles | #{sps["elixir_#{n_envs}_envs"]} | #{r["elixir vectorised / python in process (target >= 3.0)"]} | #{cpu_cells.("elixir_#{n_envs}_envs")} |
+
+    CPU is of all threads, per env step. #{result.cpus_available} CPUs are available: a loop whose CPU per step nears #{result.cpus_available} x its wall time per step is bound by the CPUs, not by waiting.
     """
   end
 end

@@ -155,9 +155,21 @@ defmodule Mix.Tasks.DqnTasksTest do
     for {name, sps} <- result.training_steps_per_second,
         do: assert(sps > 0 and sps == Float.round(median_of(result, name), 1))
 
+    # CPU per env step of all threads, read from /proc: Python's in every loop (its main
+    # thread alone runs for most of the wall time), the BEAM's where it drives the loop.
+    for {name, %{"python" => python, "beam" => beam}} <- result.training_cpu_us_per_step do
+      wall = 1.0e6 / result.training_steps_per_second[name]
+      assert python > 0.3 * wall and python < 1.0e6, "#{name}: #{python} µs of CPU, #{wall} wall"
+      if name == "python_in_process", do: assert(beam == nil), else: assert(beam >= 0)
+    end
+
+    assert result.cpus_available >= 1 and json =~ ~s("training_cpu_us_per_step")
+
     ratio = result.ratios["select_action / (port_echo + act), median (target <= 1.25)"]
     assert is_float(ratio) and ratio > 0
-    assert Enum.any?(messages(), &(&1 =~ "| `Loop`, 2 vectorised Elixir CartPoles |"))
+    printed = messages()
+    assert Enum.any?(printed, &(&1 =~ "| `Loop`, 2 vectorised Elixir CartPoles |"))
+    assert Enum.any?(printed, &(&1 =~ "CPU µs/step: Python | BEAM"))
   end
 
   defp median_of(result, name) do
