@@ -16,7 +16,7 @@ import os
 import sys
 
 from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
-from bridge.threads import DEFAULT_NICE, available_cpus, start_backend
+from bridge.threads import DEFAULT_NICE, available_cpus, pin_main, start_backend
 
 MODULE = "bridge.api"
 DEFAULT_SPIN_US = 200.0
@@ -43,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--xla-nice", type=int, default=DEFAULT_NICE, metavar="N",
                         help="run those worker threads N nice steps below the thread that "
                              f"answers calls, 0-19 (default {DEFAULT_NICE}; 0: the same priority)")
+    parser.add_argument("--main-cpu", type=int, default=None, metavar="CPU",
+                        help="run the thread that answers calls on this CPU alone, and JAX's "
+                             "workers on the others (mix dqn.train does, keeping the BEAM "
+                             "off that CPU; default: where the OS puts them)")
     parser.add_argument("--no-parent-watch", action="store_true",
                         help="keep running when the parent process dies (by default the "
                              "server exits within a second, even mid-computation)")
@@ -101,6 +105,10 @@ def main(args: argparse.Namespace) -> int:
         threads = xla_threads(args.xla_threads)
         if not 0 <= args.xla_nice <= 19:
             raise ValueError(f"--xla-nice must be between 0 and 19, got {args.xla_nice}")
+        if args.main_cpu is not None and args.main_cpu not in os.sched_getaffinity(0):
+            allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+            raise ValueError(f"--main-cpu {args.main_cpu} is not a CPU this process may use "
+                             f"({allowed})")
         in_fd, out_fd = _descriptors(args.use_stdio)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -110,6 +118,8 @@ def main(args: argparse.Namespace) -> int:
     import bridge.api
 
     start_backend(threads, args.xla_nice)
+    if args.main_cpu is not None:
+        pin_main(args.main_cpu)
     gc.freeze()  # what startup built (JAX, numpy, the api) is never traced by a collection
     server = Server(functions(), MODULE, in_fd, out_fd, args.max_frame_bytes,
                     fast_reply=bridge.api.fast_reply, spin_seconds=spin)

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_NICE", "available_cpus", "start_backend", "worker_threads"]
+__all__ = ["DEFAULT_NICE", "available_cpus", "pin_main", "start_backend", "worker_threads"]
 
 DEFAULT_NICE = 5
 
@@ -74,6 +74,31 @@ def start_backend(threads: int | None, nice: int = DEFAULT_NICE) -> None:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
             except OSError:
                 pass
+
+
+def pin_main(cpu: int) -> None:
+    """Give the calling thread CPU `cpu` to itself among ours: it runs there only, and the
+    backend's worker threads move to the other CPUs this process may use.
+
+    For `serve --main-cpu`: when the BEAM is kept off that CPU too (`mix dqn.train` does
+    that on Linux), the thread that answers it is never preempted by a thread it has just
+    woken, and its caches stay its own. Raises ValueError for a CPU outside the allowed set.
+    """
+    allowed = os.sched_getaffinity(0)
+    if cpu not in allowed:
+        raise ValueError(f"CPU {cpu} is not one this process may use ({_cpu_list(allowed)})")
+    os.sched_setaffinity(0, {cpu})
+    rest = allowed - {cpu}
+    if rest:
+        for tid in _pool_thread_ids():
+            try:
+                os.sched_setaffinity(tid, rest)
+            except OSError:
+                pass
+
+
+def _cpu_list(cpus: set[int]) -> str:
+    return ",".join(str(c) for c in sorted(cpus))
 
 
 def _thread_ids() -> list[int]:

@@ -16,7 +16,9 @@ defmodule Mix.Tasks.Dqn.Bench do
       with one pure-Elixir CartPole and with `--envs` of them vectorised, beside
       `python -m bridge train` on the same config, all without evaluations. The
       three runs take turns for `--rounds` rounds and the medians are compared,
-      so that a slow minute on a shared machine does not pick the winner. Beside
+      so that a slow minute on a shared machine does not pick the winner. The
+      Elixir loops run as `mix dqn.train` runs them, with a CPU kept for Python's
+      main thread (`--no-cpu-split` there). Beside
       each, the CPU time per env step of all of Python's threads and of the BEAM's
       (from /proc), which tells a loop bound by the CPUs from one that waits.
 
@@ -337,8 +339,16 @@ defmodule Mix.Tasks.Dqn.Bench do
       else: (Enum.at(sorted, mid - 1) + Enum.at(sorted, mid)) / 2
   end
 
+  # As `mix dqn.train` runs it: with a CPU kept for Python's main thread (see
+  # `Mix.Tasks.Dqn.TaskSupport.with_python_cpu/1`).
   defp elixir_training(opts, python, n_envs) do
-    {:ok, py} = Python.start_link(python_start_opts(python))
+    Support.with_python_cpu(fn server_args ->
+      elixir_training(opts, python, n_envs, server_args)
+    end)
+  end
+
+  defp elixir_training(opts, python, n_envs, server_args) do
+    {:ok, py} = Python.start_link([args: server_args] ++ python_start_opts(python))
     {:ok, _} = Python.call(py, :ping, [:warm])
 
     try do

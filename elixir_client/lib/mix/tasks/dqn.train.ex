@@ -33,6 +33,9 @@ defmodule Mix.Tasks.Dqn.Train do
     * `--gym` - run CartPole-v1 in gymnasium too, instead of the Elixir CartPole
     * `--python PATH` - the Python interpreter (default: `$DQN_BRIDGE_PYTHON` or `.venv/bin/python`)
     * `--no-progress` - no live progress line
+    * `--no-cpu-split` - leave the BEAM and Python's threads where the OS puts them; by
+      default, on Linux with more than one CPU, Python's main thread gets the last CPU
+      to itself and the BEAM the others, for the length of the run
   """
 
   use Mix.Task
@@ -56,7 +59,8 @@ defmodule Mix.Tasks.Dqn.Train do
     set: [:string, :keep],
     gym: :boolean,
     python: :string,
-    progress: :boolean
+    progress: :boolean,
+    cpu_split: :boolean
   ]
 
   @defaults [
@@ -71,7 +75,8 @@ defmodule Mix.Tasks.Dqn.Train do
     stop_when_solved: false,
     set: [],
     gym: false,
-    progress: true
+    progress: true,
+    cpu_split: true
   ]
 
   @impl Mix.Task
@@ -89,14 +94,20 @@ defmodule Mix.Tasks.Dqn.Train do
     run_dir = Path.join(opts[:runs_dir], opts[:name] || "#{opts[:env]}-seed#{opts[:seed]}")
     File.mkdir_p!(run_dir)
     config = [env_id: opts[:env], seed: opts[:seed]] ++ overrides
-    agent = Support.start_agent!("dqn.train", config: config, python: python)
 
-    try do
-      env = Support.make_env!("dqn.train", opts[:env], agent, opts[:gym])
-      train(agent, env, run_dir, python, opts)
-    after
-      Agent.stop(agent)
+    run = fn server_args ->
+      python_opts = [args: server_args] ++ if(python, do: [executable: python], else: [])
+      agent = Support.start_agent!("dqn.train", config: config, python: python_opts)
+
+      try do
+        env = Support.make_env!("dqn.train", opts[:env], agent, opts[:gym])
+        train(agent, env, run_dir, python, opts)
+      after
+        Agent.stop(agent)
+      end
     end
+
+    if opts[:cpu_split], do: Support.with_python_cpu(run), else: run.(~w(-m bridge serve))
   end
 
   defp train(agent, env, run_dir, python, opts) do
