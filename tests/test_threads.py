@@ -138,3 +138,42 @@ def test_the_pool_size_and_priority_do_not_change_what_an_agent_learns():
     assert len(runs) == 1, runs
     updates = int(runs.pop().split()[0])
     assert updates == 701  # one per stored transition from the 100th on
+
+
+def _allowed_from_status(pid: int, tid: int) -> set[int]:
+    with open(f"/proc/{pid}/task/{tid}/status") as f:
+        for line in f:
+            if line.startswith("Cpus_allowed_list:"):
+                cpus = set()
+                for part in line.split(":", 1)[1].strip().split(","):
+                    a, _, b = part.partition("-")
+                    cpus.update(range(int(a), int(b or a) + 1))
+                return cpus
+    raise AssertionError("no Cpus_allowed_list")
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(CPUS < 2, reason="needs two CPUs to give one away")
+def test_main_cpu_gives_the_answering_thread_a_cpu_of_its_own():
+    allowed = sorted(os.sched_getaffinity(0))
+    cpu = allowed[-1]
+    with PortClient(args=["--main-cpu", str(cpu)]) as client:
+        assert client.call("ping", [Atom("up")]) == [Atom("up")]
+        pid = client.proc.pid
+        assert _allowed_from_status(pid, pid) == {cpu}
+        workers = [int(t) for t in os.listdir(f"/proc/{pid}/task")
+                   if "XLAEigen" in open(f"/proc/{pid}/task/{t}/comm").read()]
+        assert workers and all(_allowed_from_status(pid, t) == set(allowed) - {cpu} for t in workers)
+        agent = client.call("new_agent", {Atom("seed"): 0, Atom("learning_starts"): 32, Atom("batch_size"): 32})
+        client.call("step", agent, [0.0, 0.1, 0.0, -0.1], 0.0, False, False)
+        for _ in range(40):
+            client.call("step", agent, [0.0, 0.1, 0.0, -0.1], 1.0, False, False)
+        assert client.call("info", agent)[b"updates"] > 0
+
+
+def test_main_cpu_outside_the_allowed_set_is_refused_with_the_set():
+    out = subprocess.run([sys.executable, "-m", "bridge", "serve", "--main-cpu", "4096"],
+                         capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert out.returncode == 2
+    allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
+    assert f"--main-cpu 4096 is not a CPU this process may use ({allowed})" in out.stderr

@@ -1,6 +1,8 @@
 defmodule Mix.Tasks.DqnTasksTest do
   use ExUnit.Case, async: true
 
+  alias Mix.Tasks.Dqn.TaskSupport, as: Support
+
   @moduletag :integration
   @moduletag timeout: 300_000
 
@@ -60,7 +62,8 @@ defmodule Mix.Tasks.DqnTasksTest do
   test "dqn.train with vectorised envs and --set, dqn.eval --json", %{tmp_dir: dir} do
     summary =
       Mix.Tasks.Dqn.Train.run(
-        ~w(--steps 400 --envs 4 --eval-every 200 --eval-episodes 2 --no-progress --name vec) ++
+        ~w(--steps 400 --envs 4 --eval-every 200 --eval-episodes 2 --no-progress --no-cpu-split) ++
+          ~w(--name vec) ++
           ~w(--set learning_starts=100 --set hidden_sizes=[16,16] --set loss=mse --runs-dir) ++
           [dir]
       )
@@ -175,6 +178,32 @@ defmodule Mix.Tasks.DqnTasksTest do
   defp median_of(result, name) do
     [a, b] = Enum.map(result.training_steps_per_second_by_round, & &1[name])
     (a + b) / 2
+  end
+
+  test "with_python_cpu keeps the last CPU for Python's main thread, then gives the BEAM its CPUs back" do
+    before = beam_thread_cpus()
+    cpus = before |> Enum.concat() |> Enum.uniq() |> Enum.sort()
+    {args, during} = Support.with_python_cpu(fn args -> {args, beam_thread_cpus()} end)
+    assert beam_thread_cpus() == before
+
+    if length(cpus) > 1 and System.find_executable("taskset") do
+      python_cpu = List.last(cpus)
+      assert args == ~w(-m bridge serve --main-cpu #{python_cpu})
+      assert Enum.all?(during, &(Enum.sort(&1) == cpus -- [python_cpu]))
+    else
+      assert args == ~w(-m bridge serve)
+    end
+
+    assert Support.parse_cpu_list("0-2,5") == [0, 1, 2, 5]
+  end
+
+  # The CPUs each thread of this BEAM may run on.
+  defp beam_thread_cpus do
+    for task <- File.ls!("/proc/#{System.pid()}/task"),
+        {:ok, status} <- [File.read("/proc/#{System.pid()}/task/#{task}/status")] do
+      [_, list] = Regex.run(~r/Cpus_allowed_list:\s*(\S+)/, status)
+      Support.parse_cpu_list(list)
+    end
   end
 
   test "dqn.bench refuses a bad --cpu and --rounds" do
