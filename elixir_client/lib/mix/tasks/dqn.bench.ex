@@ -18,9 +18,9 @@ defmodule Mix.Tasks.Dqn.Bench do
       three runs take turns for `--rounds` rounds and the medians are compared,
       so that a slow minute on a shared machine does not pick the winner. The
       Elixir loops run as `mix dqn.train` runs them, with a CPU kept for Python's
-      main thread (`--no-cpu-split` there). Beside
-      each, the CPU time per env step of all of Python's threads and of the BEAM's
-      (from /proc), which tells a loop bound by the CPUs from one that waits.
+      main thread (`--no-cpu-split` there). Beside each, the CPU time per env step
+      of all of Python's threads and of the BEAM's (from /proc), which tells a loop
+      bound by the CPUs from one that waits.
 
   Steps/s are counted as `python -m bridge train` counts them: from creating the
   agent to the last step.
