@@ -96,6 +96,13 @@ defmodule Mix.Tasks.Dqn.Train do
     config = [env_id: opts[:env], seed: opts[:seed]] ++ overrides
 
     run = fn server_args ->
+      with ["--main-cpu", cpu | _] <- Enum.drop_while(server_args, &(&1 != "--main-cpu")) do
+        Mix.shell().info(
+          "CPU #{cpu} is kept for Python's main thread, the BEAM runs on the others " <>
+            "(--no-cpu-split to leave both to the OS)"
+        )
+      end
+
       python_opts = [args: server_args] ++ if(python, do: [executable: python], else: [])
       agent = Support.start_agent!("dqn.train", config: config, python: python_opts)
 
