@@ -16,7 +16,7 @@ import os
 import sys
 
 from bridge.protocol import DEFAULT_MAX_FRAME_BYTES, Server, watch_parent
-from bridge.threads import DEFAULT_NICE, available_cpus, pin_main, start_backend
+from bridge.threads import DEFAULT_NICE, available_cpus, check_cpu, check_settings, pin_main, start_backend
 
 MODULE = "bridge.api"
 DEFAULT_SPIN_US = 200.0
@@ -56,7 +56,7 @@ def spin_seconds(spin_us: float | None) -> float:
     """The spin of `--spin-us` in seconds; by default DEFAULT_SPIN_US, or none on one CPU,
     where the caller could not run while we spin."""
     if spin_us is None:
-        return DEFAULT_SPIN_US * 1e-6 if len(os.sched_getaffinity(0)) > 1 else 0.0
+        return DEFAULT_SPIN_US * 1e-6 if available_cpus() > 1 else 0.0
     if not 0 <= spin_us <= 1e6:
         raise ValueError(f"--spin-us must be between 0 and 1000000, got {spin_us:g}")
     return spin_us * 1e-6
@@ -65,11 +65,7 @@ def spin_seconds(spin_us: float | None) -> float:
 def xla_threads(option: int | None) -> int:
     """The worker threads of `--xla-threads`: by default one fewer than the CPUs, since
     the BEAM driving the server needs one too (see `bridge.threads`)."""
-    if option is None:
-        return max(1, available_cpus() - 1)
-    if option < 0:
-        raise ValueError(f"--xla-threads must be >= 0 (0: one per CPU), got {option}")
-    return option
+    return max(1, available_cpus() - 1) if option is None else option
 
 
 def _descriptors(use_stdio: bool) -> tuple[int, int]:
@@ -103,12 +99,9 @@ def main(args: argparse.Namespace) -> int:
     try:
         spin = spin_seconds(args.spin_us)
         threads = xla_threads(args.xla_threads)
-        if not 0 <= args.xla_nice <= 19:
-            raise ValueError(f"--xla-nice must be between 0 and 19, got {args.xla_nice}")
-        if args.main_cpu is not None and args.main_cpu not in os.sched_getaffinity(0):
-            allowed = ",".join(str(c) for c in sorted(os.sched_getaffinity(0)))
-            raise ValueError(f"--main-cpu {args.main_cpu} is not a CPU this process may use "
-                             f"({allowed})")
+        check_settings(threads, args.xla_nice, ("--xla-threads", "--xla-nice"))
+        if args.main_cpu is not None:
+            check_cpu(args.main_cpu, "--main-cpu")
         in_fd, out_fd = _descriptors(args.use_stdio)
     except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import os
 
-__all__ = ["DEFAULT_NICE", "available_cpus", "pin_main", "start_backend", "worker_threads"]
+__all__ = ["DEFAULT_NICE", "available_cpus", "check_cpu", "check_settings", "pin_main", "start_backend",
+           "worker_threads"]
 
 DEFAULT_NICE = 5
 
@@ -39,6 +40,26 @@ def available_cpus() -> int:
         return os.cpu_count() or 1
 
 
+def check_settings(threads: int | None, nice: int,
+                   names: tuple[str, str] = ("XLA worker threads", "XLA worker nice")) -> None:
+    """Raise ValueError, naming the value, for a negative worker count or a `nice`
+    outside 0-19 (what `start_backend` accepts); `names` name the two in the message
+    (the options they came from)."""
+    if threads is not None and threads < 0:
+        raise ValueError(f"{names[0]} must be >= 0 (0: one per CPU), got {threads}")
+    if not 0 <= nice <= 19:
+        raise ValueError(f"{names[1]} must be between 0 and 19, got {nice}")
+
+
+def check_cpu(cpu: int, name: str = "CPU") -> None:
+    """Raise ValueError, listing the allowed CPUs, for a CPU this process may not use
+    (`name` names it in the message: the option it came from)."""
+    allowed = os.sched_getaffinity(0)
+    if cpu not in allowed:
+        listed = ",".join(str(c) for c in sorted(allowed))
+        raise ValueError(f"{name} {cpu} is not a CPU this process may use ({listed})")
+
+
 def start_backend(threads: int | None, nice: int = DEFAULT_NICE) -> None:
     """Start JAX's CPU backend with `threads` worker threads (None, 0, or at least the
     available CPUs: JAX's default, one per CPU), running `nice` steps below the calling
@@ -47,10 +68,7 @@ def start_backend(threads: int | None, nice: int = DEFAULT_NICE) -> None:
     Call it before anything uses JAX (it does nothing to a backend already started).
     Raises ValueError for a negative count or a `nice` outside 0-19.
     """
-    if threads is not None and threads < 0:
-        raise ValueError(f"XLA worker threads must be >= 0 (0: one per CPU), got {threads}")
-    if not 0 <= nice <= 19:
-        raise ValueError(f"XLA worker nice must be between 0 and 19, got {nice}")
+    check_settings(threads, nice)
     import jax
 
     if not threads or threads >= available_cpus() or not hasattr(os, "sched_setaffinity"):
@@ -62,17 +80,13 @@ def start_backend(threads: int | None, nice: int = DEFAULT_NICE) -> None:
             jax.devices("cpu")
         finally:
             # Threads started meanwhile (the pool, JAX's helpers) inherited the narrow mask.
-            for tid in _thread_ids():
-                try:
-                    os.sched_setaffinity(tid, mask)
-                except OSError:  # a thread that has ended since the listing
-                    pass
+            _set_affinity(_thread_ids(), mask)
     if nice:
         base = os.getpriority(os.PRIO_PROCESS, 0)  # this thread's (Linux: per thread)
         for tid in _pool_thread_ids():
             try:
                 os.setpriority(os.PRIO_PROCESS, tid, min(19, base + nice))
-            except OSError:
+            except OSError:  # a thread that has ended since the listing
                 pass
 
 
@@ -84,21 +98,19 @@ def pin_main(cpu: int) -> None:
     that on Linux), the thread that answers it is never preempted by a thread it has just
     woken, and its caches stay its own. Raises ValueError for a CPU outside the allowed set.
     """
-    allowed = os.sched_getaffinity(0)
-    if cpu not in allowed:
-        raise ValueError(f"CPU {cpu} is not one this process may use ({_cpu_list(allowed)})")
+    check_cpu(cpu)
+    rest = os.sched_getaffinity(0) - {cpu}
     os.sched_setaffinity(0, {cpu})
-    rest = allowed - {cpu}
     if rest:
-        for tid in _pool_thread_ids():
-            try:
-                os.sched_setaffinity(tid, rest)
-            except OSError:
-                pass
+        _set_affinity(_pool_thread_ids(), rest)
 
 
-def _cpu_list(cpus: set[int]) -> str:
-    return ",".join(str(c) for c in sorted(cpus))
+def _set_affinity(tids: list[int], cpus: set[int]) -> None:
+    for tid in tids:
+        try:
+            os.sched_setaffinity(tid, cpus)
+        except OSError:  # a thread that has ended since the listing
+            pass
 
 
 def _thread_ids() -> list[int]:

@@ -340,9 +340,9 @@ defmodule Mix.Tasks.Dqn.Bench do
   end
 
   # As `mix dqn.train` runs it: with a CPU kept for Python's main thread (see
-  # `Mix.Tasks.Dqn.TaskSupport.with_python_cpu/1`).
+  # `Mix.Tasks.Dqn.TaskSupport.with_python_cpu/2`).
   defp elixir_training(opts, python, n_envs) do
-    Support.with_python_cpu(fn server_args ->
+    Support.with_python_cpu(true, fn server_args ->
       elixir_training(opts, python, n_envs, server_args)
     end)
   end
@@ -356,7 +356,7 @@ defmodule Mix.Tasks.Dqn.Bench do
       # compiled train step) exists.
       {:ok, agent} = Agent.start_link(python: py, config: [seed: opts[:seed]])
       os_pid = Python.os_pid(py)
-      cpu0 = {cpu_seconds(os_pid), cpu_seconds(System.pid())}
+      cpu0 = {cpu_ticks(os_pid), cpu_ticks(System.pid())}
       t0 = System.monotonic_time()
       env = if n_envs == 1, do: CartPole.new(), else: Vector.new(CartPole.new(), n_envs)
       state = agent |> Loop.dqn(env) |> Loop.run(steps: opts[:steps], seed: opts[:seed])
@@ -369,8 +369,8 @@ defmodule Mix.Tasks.Dqn.Bench do
 
       result = %{
         sps: Float.round(state.step / seconds, 1),
-        python_cpu: per_step.(python_cpu, cpu_seconds(os_pid)),
-        beam_cpu: per_step.(beam_cpu, cpu_seconds(System.pid()))
+        python_cpu: per_step.(python_cpu, cpu_ticks(os_pid)),
+        beam_cpu: per_step.(beam_cpu, cpu_ticks(System.pid()))
       }
 
       Agent.stop(agent)
@@ -423,15 +423,14 @@ defmodule Mix.Tasks.Dqn.Bench do
     end
   end
 
-  # CPU seconds used so far by OS process `os_pid`, all its threads (Linux's /proc);
-  # nil where there is no /proc.
-  defp cpu_seconds(os_pid) do
+  # CPU time used so far by OS process `os_pid`, all its threads, in clock ticks (Linux's
+  # /proc); nil where there is no /proc.
+  defp cpu_ticks(os_pid) do
     with {:ok, stat} <- File.read("/proc/#{os_pid}/stat") do
       # Fields after the command name (which may hold spaces): utime and stime are the
-      # 12th and 13th, in clock ticks.
+      # 12th and 13th.
       fields = stat |> String.split(")") |> List.last() |> String.split()
-      ticks = String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
-      ticks / clock_ticks()
+      String.to_integer(Enum.at(fields, 11)) + String.to_integer(Enum.at(fields, 12))
     else
       _ -> nil
     end
@@ -448,7 +447,7 @@ defmodule Mix.Tasks.Dqn.Bench do
   end
 
   defp us_per_step(before, after_, steps) when is_number(before) and is_number(after_),
-    do: Float.round((after_ - before) / steps * 1.0e6, 1)
+    do: Float.round((after_ - before) / clock_ticks() / steps * 1.0e6, 1)
 
   defp us_per_step(_, _, _), do: nil
 

@@ -114,7 +114,7 @@ defmodule Mix.Tasks.Dqn.Train do
       end
     end
 
-    if opts[:cpu_split], do: Support.with_python_cpu(run), else: run.(~w(-m bridge serve))
+    Support.with_python_cpu(opts[:cpu_split], run)
   end
 
   defp train(agent, env, run_dir, python, opts) do

@@ -161,20 +161,22 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
   end
 
   @doc """
-  Runs `fun.(server_args)` with a CPU kept for the Python server's main thread: the last
+  With `split?`, runs `fun.(server_args)` with a CPU kept for the Python server's main thread: the last
   CPU this BEAM may use goes to it (`server_args` are `bridge serve`'s arguments, with
   `--main-cpu`), and every thread of this BEAM moves to the others until `fun` returns.
 
   In a one-env loop the BEAM and Python take turns, and on a small machine a thread that
   one of them wakes tends to land on the other's CPU and preempt it. With the split, the
-  Elixir-driven CartPole loop on 2 vCPUs ran ~15% faster (README, "Speed"). Where it
-  cannot be done (one CPU, no `taskset`, no /proc) `fun` gets the default arguments.
+  Elixir-driven CartPole loop on 2 vCPUs ran ~15% faster (README, "Speed"). Without
+  `split?`, or where it cannot be done (one CPU, no `taskset`, no /proc), `fun` gets the
+  default arguments.
   """
-  def with_python_cpu(fun) do
+  def with_python_cpu(split?, fun) do
     default = ["-m", "bridge", "serve"]
     pid = System.pid()
 
-    with taskset when taskset != nil <- System.find_executable("taskset"),
+    with true <- split?,
+         taskset when taskset != nil <- System.find_executable("taskset"),
          {out, 0} <- System.cmd(taskset, ["-c", "-p", pid], stderr_to_stdout: true),
          [_, list] <- Regex.run(~r/list:\s*(\S+)/, out),
          cpus when length(cpus) > 1 <- parse_cpu_list(list),

@@ -191,7 +191,7 @@ defmodule Mix.Tasks.DqnTasksTest do
   test "with_python_cpu keeps the last CPU for Python's main thread, then gives the BEAM its CPUs back" do
     before = beam_thread_cpus()
     cpus = before |> Enum.concat() |> Enum.uniq() |> Enum.sort()
-    {args, during} = Support.with_python_cpu(fn args -> {args, beam_thread_cpus()} end)
+    {args, during} = Support.with_python_cpu(true, fn args -> {args, beam_thread_cpus()} end)
     assert beam_thread_cpus() == before
 
     if length(cpus) > 1 and System.find_executable("taskset") do
