@@ -16,7 +16,9 @@ defmodule Mix.Tasks.Dqn.Bench do
       with one pure-Elixir CartPole and with `--envs` of them vectorised, beside
       `python -m bridge train` on the same config, all without evaluations. The
       three runs take turns for `--rounds` rounds and the medians are compared,
-      so that a slow minute on a shared machine does not pick the winner. The
+      so that a slow minute on a shared machine does not pick the winner; each
+      Elixir loop's ratio to the Python run of its own round is given too, with
+      its spread and how many rounds meet the target. The
       Elixir loops run as `mix dqn.train` runs them, with a CPU kept for Python's
       main thread (`--no-cpu-split` there). Beside each, the CPU time per env step
       of all of Python's threads and of the BEAM's (from /proc), which tells a loop
@@ -117,7 +119,8 @@ defmodule Mix.Tasks.Dqn.Bench do
       training_cpu_us_per_step: training.cpu_median,
       training_cpu_us_per_step_by_round: training.cpu_rounds,
       cpus_available: cpus_available(),
-      ratios: ratios(latency, training.median, opts[:envs])
+      ratios: ratios(latency, training.median, opts[:envs]),
+      training_ratios_by_round: paired_ratios(training.rounds, opts[:envs])
     }
 
     File.mkdir_p!(opts[:out])
@@ -474,6 +477,40 @@ defmodule Mix.Tasks.Dqn.Bench do
     }
   end
 
+  # Each Elixir loop against the Python run of its own round: the machine's drift
+  # between rounds moves both sides of a pair alike, so the spread of these ratios
+  # says how sure the median ratio is.
+  defp paired_ratios(rounds, n_envs) do
+    for {name, target} <- [{"elixir_1_env", 1.0}, {"elixir_#{n_envs}_envs", 3.0}], into: %{} do
+      ratios = Enum.map(rounds, &Float.round(&1[name] / &1["python_in_process"], 3))
+
+      {name,
+       %{
+         "by_round" => ratios,
+         "min" => Enum.min(ratios),
+         "median" => Float.round(median(ratios), 3),
+         "max" => Enum.max(ratios),
+         "target" => target,
+         "rounds_meeting_target" => Enum.count(ratios, &(&1 >= target))
+       }}
+    end
+  end
+
+  defp paired_line(result, n_envs) do
+    pairs = result.training_ratios_by_round
+
+    cell = fn name, label ->
+      %{"min" => lo, "median" => mid, "max" => hi, "target" => target} = pair = pairs[name]
+
+      "#{label} #{lo}-#{hi}, median #{mid}, #{pair["rounds_meeting_target"]} of " <>
+        "#{result.rounds} rounds >= #{target}"
+    end
+
+    "Ratios paired by round (each Elixir loop against the Python run of its round): " <>
+      cell.("elixir_1_env", "1 env") <>
+      "; " <> cell.("elixir_#{n_envs}_envs", "#{n_envs} envs") <> "."
+  end
+
   defp table(result, n_envs) do
     rt = result.round_trips_us
     sps = result.training_steps_per_second
@@ -505,6 +542,8 @@ defmodule Mix.Tasks.Dqn.Bench do
     | `python -m bridge train` (in process, gymnasium) | #{sps["python_in_process"]} | 1.00 | #{cpu_cells.("python_in_process")} |
     | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r["elixir 1 env / python in process (target >= 1.0)"]} | #{cpu_cells.("elixir_1_env")} |
     | `Loop`, #{n_envs} vectorised Elixir CartPoles | #{sps["elixir_#{n_envs}_envs"]} | #{r["elixir vectorised / python in process (target >= 3.0)"]} | #{cpu_cells.("elixir_#{n_envs}_envs")} |
+
+    #{paired_line(result, n_envs)}
 
     CPU is of all threads, per env step. #{result.cpus_available} CPUs are available: a loop whose CPU per step nears #{result.cpus_available} x its wall time per step is bound by the CPUs, not by waiting.
     """

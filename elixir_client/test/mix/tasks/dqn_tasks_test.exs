@@ -176,11 +176,32 @@ defmodule Mix.Tasks.DqnTasksTest do
 
     assert result.cpus_available >= 1 and json =~ ~s("training_cpu_us_per_step")
 
+    # Each loop's ratio to the Python run of the same round, and how many rounds meet its target.
+    for {name, target} <- [{"elixir_1_env", 1.0}, {"elixir_2_envs", 3.0}] do
+      pairs = result.training_ratios_by_round[name]
+
+      expected =
+        for round <- result.training_steps_per_second_by_round,
+            do: Float.round(round[name] / round["python_in_process"], 3)
+
+      assert pairs["by_round"] == expected
+      assert pairs["min"] == Enum.min(expected) and pairs["max"] == Enum.max(expected)
+      assert pairs["median"] == Float.round(Enum.sum(expected) / 2, 3)
+      assert pairs["rounds_meeting_target"] == Enum.count(expected, &(&1 >= target))
+    end
+
+    assert json =~ ~s("training_ratios_by_round")
     ratio = result.ratios["select_action / (port_echo + act), median (target <= 1.25)"]
     assert is_float(ratio) and ratio > 0
     printed = messages()
     assert Enum.any?(printed, &(&1 =~ "| `Loop`, 2 vectorised Elixir CartPoles |"))
     assert Enum.any?(printed, &(&1 =~ "CPU µs/step: Python | BEAM"))
+
+    assert Enum.any?(
+             printed,
+             &(&1 =~
+                 ~r/Ratios paired by round .*: 1 env [\d.]+-[\d.]+, median [\d.]+, \d of 2 rounds >= 1.0; 2 envs /)
+           )
   end
 
   defp median_of(result, name) do
