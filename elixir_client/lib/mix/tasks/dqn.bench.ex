@@ -454,6 +454,12 @@ defmodule Mix.Tasks.Dqn.Bench do
 
   defp us_per_step(_, _, _), do: nil
 
+  # The training targets: Elixir-driven steps/s over `python -m bridge train`'s.
+  @one_env_target 1.0
+  @vector_target 3.0
+  @one_env_key "elixir 1 env / python in process (target >= #{@one_env_target})"
+  @vector_key "elixir vectorised / python in process (target >= #{@vector_target})"
+
   defp ratios(latency, sps, n_envs) do
     med = &latency[&1]["median_us"]
     p99 = &latency[&1]["p99_us"]
@@ -470,10 +476,8 @@ defmodule Mix.Tasks.Dqn.Bench do
         Float.round(med.("select_action") / (med.("bare_port_echo") + act_med), 3),
       "select_action / (ping + act), median" =>
         Float.round(med.("select_action") / (med.("ping") + act_med), 3),
-      "elixir 1 env / python in process (target >= 1.0)" =>
-        Float.round(sps["elixir_1_env"] / python, 3),
-      "elixir vectorised / python in process (target >= 3.0)" =>
-        Float.round(sps["elixir_#{n_envs}_envs"] / python, 3)
+      @one_env_key => Float.round(sps["elixir_1_env"] / python, 3),
+      @vector_key => Float.round(sps["elixir_#{n_envs}_envs"] / python, 3)
     }
   end
 
@@ -481,7 +485,11 @@ defmodule Mix.Tasks.Dqn.Bench do
   # between rounds moves both sides of a pair alike, so the spread of these ratios
   # says how sure the median ratio is.
   defp paired_ratios(rounds, n_envs) do
-    for {name, target} <- [{"elixir_1_env", 1.0}, {"elixir_#{n_envs}_envs", 3.0}], into: %{} do
+    for {name, target} <- [
+          {"elixir_1_env", @one_env_target},
+          {"elixir_#{n_envs}_envs", @vector_target}
+        ],
+        into: %{} do
       ratios = Enum.map(rounds, &Float.round(&1[name] / &1["python_in_process"], 3))
 
       {name,
@@ -540,8 +548,8 @@ defmodule Mix.Tasks.Dqn.Bench do
     | training, CartPole-v1, #{result.steps} steps, median of #{result.rounds} | steps/s | vs Python | wall µs/step | CPU µs/step: Python | BEAM |
     |---|---:|---:|---:|---:|---:|
     | `python -m bridge train` (in process, gymnasium) | #{sps["python_in_process"]} | 1.00 | #{cpu_cells.("python_in_process")} |
-    | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r["elixir 1 env / python in process (target >= 1.0)"]} | #{cpu_cells.("elixir_1_env")} |
-    | `Loop`, #{n_envs} vectorised Elixir CartPoles | #{sps["elixir_#{n_envs}_envs"]} | #{r["elixir vectorised / python in process (target >= 3.0)"]} | #{cpu_cells.("elixir_#{n_envs}_envs")} |
+    | `Loop`, 1 Elixir CartPole | #{sps["elixir_1_env"]} | #{r[@one_env_key]} | #{cpu_cells.("elixir_1_env")} |
+    | `Loop`, #{n_envs} vectorised Elixir CartPoles | #{sps["elixir_#{n_envs}_envs"]} | #{r[@vector_key]} | #{cpu_cells.("elixir_#{n_envs}_envs")} |
 
     #{paired_line(result, n_envs)}
 
