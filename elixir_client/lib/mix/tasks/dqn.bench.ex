@@ -103,7 +103,8 @@ defmodule Mix.Tasks.Dqn.Bench do
     pinned = if opts[:cpu], do: " pinned to CPU #{opts[:cpu]}", else: ""
     info.("round trips (#{opts[:calls]} calls each)#{pinned}...")
     latency = with_cpu(opts[:cpu], fn -> latency(opts, launcher(python, opts[:cpu])) end)
-    training = training(opts, python, info)
+    # CPU time from /proc is in clock ticks; their rate is asked for once.
+    training = training(Keyword.put(opts, :clock_ticks, clock_ticks()), python, info)
 
     result = %{
       kind: "elixir",
@@ -258,9 +259,6 @@ defmodule Mix.Tasks.Dqn.Bench do
     end
   end
 
-  defp python_start_opts(nil), do: []
-  defp python_start_opts(path), do: [executable: path]
-
   defp in_process_act({exe, prefix}, n, seed) do
     args = prefix ++ ["-c", @act_script, "#{n}", "#{seed}"]
 
@@ -351,7 +349,7 @@ defmodule Mix.Tasks.Dqn.Bench do
   end
 
   defp elixir_training(opts, python, n_envs, server_args) do
-    {:ok, py} = Python.start_link([args: server_args] ++ python_start_opts(python))
+    {:ok, py} = Python.start_link(Support.server_opts(python, server_args))
     {:ok, _} = Python.call(py, :ping, [:warm])
 
     try do
@@ -368,7 +366,7 @@ defmodule Mix.Tasks.Dqn.Bench do
         System.convert_time_unit(System.monotonic_time() - t0, :native, :microsecond) / 1.0e6
 
       {python_cpu, beam_cpu} = cpu0
-      per_step = &us_per_step(&1, &2, state.step)
+      per_step = &us_per_step(&1, &2, state.step, opts[:clock_ticks])
 
       result = %{
         sps: Float.round(state.step / seconds, 1),
@@ -449,10 +447,11 @@ defmodule Mix.Tasks.Dqn.Bench do
     end
   end
 
-  defp us_per_step(before, after_, steps) when is_number(before) and is_number(after_),
-    do: Float.round((after_ - before) / clock_ticks() / steps * 1.0e6, 1)
+  defp us_per_step(before, after_, steps, ticks_per_second)
+       when is_number(before) and is_number(after_),
+       do: Float.round((after_ - before) / ticks_per_second / steps * 1.0e6, 1)
 
-  defp us_per_step(_, _, _), do: nil
+  defp us_per_step(_, _, _, _), do: nil
 
   # The training targets: Elixir-driven steps/s over `python -m bridge train`'s.
   @one_env_target 1.0

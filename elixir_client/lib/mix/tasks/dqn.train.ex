@@ -103,7 +103,7 @@ defmodule Mix.Tasks.Dqn.Train do
         )
       end
 
-      python_opts = [args: server_args] ++ if(python, do: [executable: python], else: [])
+      python_opts = Support.server_opts(python, server_args)
       agent = Support.start_agent!("dqn.train", config: config, python: python_opts)
 
       try do

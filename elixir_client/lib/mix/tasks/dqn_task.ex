@@ -208,6 +208,13 @@ defmodule Mix.Tasks.Dqn.TaskSupport do
     end)
   end
 
+  @doc """
+  `DQNBridge.Python` start options for `bridge serve` run with `server_args` by `python`
+  (from `python_opt/1`; nil: the default interpreter).
+  """
+  def server_opts(nil, server_args), do: [args: server_args]
+  def server_opts(python, server_args), do: [args: server_args, executable: python]
+
   @doc "The `--python` option as Agent's `python:` (nil: the default interpreter)."
   def python_opt(nil), do: nil
 
